@@ -1,0 +1,66 @@
+//! Every error the front door can return, mapped to its AWS error type in one
+//! place. The body is AWS JSON 1.1's error shape, `{"__type", "message"}`,
+//! which the SDKs turn into their exception classes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: &'static str,
+    pub status: StatusCode,
+    pub message: String,
+}
+
+macro_rules! kinds {
+    ($($fn:ident => $code:literal, $status:ident;)*) => {
+        impl ApiError {
+            $(pub fn $fn(message: impl Into<String>) -> Self {
+                ApiError { code: $code, status: StatusCode::$status, message: message.into() }
+            })*
+        }
+    };
+}
+
+kinds! {
+    // The body is not the JSON the operation expects: not JSON at all, a
+    // field of the wrong type, bad base64, or the wrong content type.
+    serialization => "SerializationException", BAD_REQUEST;
+    // A value breaks the API model: a missing required field, a name that
+    // does not match its pattern, a number out of range, too many records.
+    validation => "ValidationException", BAD_REQUEST;
+    // A well-formed request that Firehose's rules (or hydrant's support)
+    // refuse: an unsupported option, a bad prefix, an oversize record.
+    invalid_argument => "InvalidArgumentException", BAD_REQUEST;
+    not_found => "ResourceNotFoundException", BAD_REQUEST;
+    in_use => "ResourceInUseException", BAD_REQUEST;
+    limit_exceeded => "LimitExceededException", BAD_REQUEST;
+    unknown_operation => "UnknownOperationException", BAD_REQUEST;
+    // hydrant cannot take records right now (log full, disk full, shutting
+    // down). 503 makes every SDK back off and retry.
+    unavailable => "ServiceUnavailableException", SERVICE_UNAVAILABLE;
+    internal => "InternalFailure", INTERNAL_SERVER_ERROR;
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "__type": self.code, "message": self.message });
+        (
+            self.status,
+            [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", self.code),
+            ],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}

@@ -1,0 +1,370 @@
+//! The Firehose API (`Firehose_20150804`): the operations hydrant serves,
+//! their request validation and their response shapes.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, App};
+use crate::log::{Frames, LogError};
+use crate::spec::check_stream_name;
+use crate::stream::{PutError, Stream};
+
+/// Firehose's limits.
+pub const MAX_RECORD_BYTES: usize = 1_024_000;
+pub const MAX_BATCH_RECORDS: usize = 500;
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+pub async fn dispatch(app: &App, op: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    match op {
+        "PutRecordBatch" => put_record_batch(app, body).await,
+        "PutRecord" => put_record(app, body).await,
+        "CreateDeliveryStream" => create(app, body).await,
+        "DescribeDeliveryStream" => describe(app, body),
+        "ListDeliveryStreams" => list(app, body),
+        "DeleteDeliveryStream" => delete(app, body).await,
+        "UpdateDestination"
+        | "TagDeliveryStream"
+        | "UntagDeliveryStream"
+        | "ListTagsForDeliveryStream"
+        | "StartDeliveryStreamEncryption"
+        | "StopDeliveryStreamEncryption" => Err(ApiError::unknown_operation(format!(
+            "hydrant does not implement Firehose {op} yet"
+        ))),
+        _ => Err(ApiError::unknown_operation(format!(
+            "unknown Firehose operation {op:?}"
+        ))),
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::serialization(format!("could not read the request: {e}")))
+}
+
+fn parse_owned<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    parse(body)
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, ApiError> {
+    v.ok_or_else(|| ApiError::validation(format!("{field} is required")))
+}
+
+fn stream(app: &App, name: Option<String>) -> Result<std::sync::Arc<Stream>, ApiError> {
+    let name = required(name, "DeliveryStreamName")?;
+    check_stream_name(&name)?;
+    app.registry.get(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "Delivery stream {name} under account 000000000000 not found."
+        ))
+    })
+}
+
+fn put_error(stream: &str, e: PutError) -> ApiError {
+    match e {
+        PutError::Closed => ApiError::unavailable(format!(
+            "Delivery stream {stream} is closing (hydrant is shutting down or the stream is being deleted); retry"
+        )),
+        PutError::Log(LogError::Full { used, max }) => ApiError::unavailable(format!(
+            "Delivery stream {stream}'s log holds {used} of its {max} bytes: delivery is behind; retry later"
+        )),
+        PutError::Log(e @ LogError::Write(_)) => ApiError::unavailable(format!(
+            "Delivery stream {stream} cannot write its log right now ({e}); nothing was accepted; retry later"
+        )),
+        PutError::Log(e) => ApiError::unavailable(format!("Delivery stream {stream}: {e}")),
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordIn<'a> {
+    #[serde(rename = "Data", borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRecordIn<'a> {
+    #[serde(rename = "DeliveryStreamName")]
+    name: Option<String>,
+    #[serde(rename = "Record", borrow)]
+    record: Option<RecordIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRecordBatchIn<'a> {
+    #[serde(rename = "DeliveryStreamName")]
+    name: Option<String>,
+    #[serde(rename = "Records", borrow)]
+    records: Option<Vec<RecordIn<'a>>>,
+}
+
+/// Decodes one record's base64 into `frames`; returns its decoded size.
+fn frame(frames: &mut Frames, arrival: i64, i: usize, r: &RecordIn) -> Result<usize, ApiError> {
+    let data = r
+        .data
+        .as_deref()
+        .ok_or_else(|| ApiError::validation(format!("Records[{i}].Data is required")))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| {
+            ApiError::serialization(format!("Records[{i}].Data is not valid base64: {e}"))
+        })?;
+    if decoded.len() <= MAX_RECORD_BYTES {
+        frames.push(arrival, &decoded);
+    }
+    Ok(decoded.len())
+}
+
+fn too_big(size: usize) -> String {
+    format!("Record size is {size} bytes; a record may be at most {MAX_RECORD_BYTES} bytes (1,000 KiB) before base64 encoding")
+}
+
+async fn put_record(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let req: PutRecordIn = parse(body)?;
+    let stream = stream(app, req.name)?;
+    let record = required(req.record, "Record")?;
+    let mut frames = Frames::default();
+    let size = frame(&mut frames, now_ms(), 0, &record)?;
+    if size > MAX_RECORD_BYTES {
+        stream
+            .intake
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::invalid_argument(too_big(size)));
+    }
+    let first = stream
+        .put(frames)
+        .await
+        .map_err(|e| put_error(&stream.spec.name, e))?;
+    Ok(
+        json!({ "RecordId": stream.record_id(first), "Encrypted": false })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// One bad record fails alone: it gets an ErrorCode in its slot of the
+/// response and the rest of the batch is taken. Only a request that breaks
+/// the call's own limits (count, total size, syntax) fails as a whole.
+async fn put_record_batch(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let req: PutRecordBatchIn = parse(body)?;
+    let stream = stream(app, req.name)?;
+    let records = required(req.records, "Records")?;
+    if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
+        return Err(ApiError::validation(format!(
+            "Records has {} entries; PutRecordBatch takes 1 to {MAX_BATCH_RECORDS}",
+            records.len()
+        )));
+    }
+    let arrival = now_ms();
+    let mut frames = Frames::with_capacity(body.len());
+    let mut sizes = Vec::with_capacity(records.len());
+    let mut total = 0;
+    for (i, r) in records.iter().enumerate() {
+        let size = frame(&mut frames, arrival, i, r)?;
+        total += size;
+        sizes.push(size);
+    }
+    if total > MAX_BATCH_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "Records total {total} bytes; PutRecordBatch takes at most {MAX_BATCH_BYTES} bytes (4 MiB)"
+        )));
+    }
+    let failed = sizes.iter().filter(|s| **s > MAX_RECORD_BYTES).count();
+    let mut offset = if frames.count() > 0 {
+        stream
+            .put(frames)
+            .await
+            .map_err(|e| put_error(&stream.spec.name, e))?
+    } else {
+        0
+    };
+    if failed > 0 {
+        stream
+            .intake
+            .rejected
+            .fetch_add(failed as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut out = String::with_capacity(64 + records.len() * 70);
+    write!(
+        out,
+        r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
+    )
+    .unwrap();
+    for (i, size) in sizes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if *size > MAX_RECORD_BYTES {
+            let msg = serde_json::to_string(&too_big(*size)).unwrap();
+            write!(
+                out,
+                r#"{{"ErrorCode":"InvalidArgumentException","ErrorMessage":{msg}}}"#
+            )
+            .unwrap();
+        } else {
+            write!(out, r#"{{"RecordId":"{}"}}"#, stream.record_id(offset)).unwrap();
+            offset += 1;
+        }
+    }
+    out.push_str("]}");
+    Ok(out.into_bytes())
+}
+
+async fn create(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let request: Value = parse_owned(body)?;
+    if !request.is_object() {
+        return Err(ApiError::serialization("the request must be a JSON object"));
+    }
+    let stream = app.registry.create(request).await?;
+    Ok(json!({ "DeliveryStreamARN": stream.arn() })
+        .to_string()
+        .into_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+struct DescribeIn {
+    delivery_stream_name: Option<String>,
+    limit: Option<i64>,
+    exclusive_start_destination_id: Option<String>,
+}
+
+const DESTINATION_ID: &str = "destinationId-000000000001";
+
+fn describe(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let req: DescribeIn = parse_owned(body)?;
+    let stream = stream(app, req.delivery_stream_name)?;
+    if let Some(l) = req.limit {
+        if !(1..=10000).contains(&l) {
+            return Err(ApiError::validation(format!(
+                "Limit is {l}; it must be 1 to 10000"
+            )));
+        }
+    }
+    let s = &stream.spec;
+    let mut dest = json!({
+        "RoleARN": s.role_arn,
+        "BucketARN": s.bucket_arn,
+        "Prefix": s.prefix,
+        "BufferingHints": { "SizeInMBs": s.size_mb, "IntervalInSeconds": s.interval_seconds },
+        "CompressionFormat": s.compression.as_str(),
+        "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+        "CloudWatchLoggingOptions": { "Enabled": false },
+    });
+    if let Some(e) = &s.error_output_prefix {
+        dest["ErrorOutputPrefix"] = json!(e);
+    }
+    let mut destination =
+        json!({ "DestinationId": DESTINATION_ID, "S3DestinationDescription": dest.clone() });
+    if s.extended {
+        let mut ext = dest;
+        ext["S3BackupMode"] = json!("Disabled");
+        ext["ProcessingConfiguration"] = if s.append_delimiter {
+            json!({ "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord", "Parameters": [] }] })
+        } else {
+            json!({ "Enabled": false, "Processors": [] })
+        };
+        if let Some(x) = &s.file_extension {
+            ext["FileExtension"] = json!(x);
+        }
+        destination["ExtendedS3DestinationDescription"] = ext;
+    }
+    // One destination: a start id at or past it leaves nothing to list.
+    let destinations = match req.exclusive_start_destination_id {
+        Some(_) => vec![],
+        None => vec![destination],
+    };
+    let created = stream.created_ms as f64 / 1000.0;
+    Ok(json!({
+        "DeliveryStreamDescription": {
+            "DeliveryStreamName": s.name,
+            "DeliveryStreamARN": stream.arn(),
+            "DeliveryStreamStatus": "ACTIVE",
+            "DeliveryStreamEncryptionConfiguration": { "Status": "DISABLED" },
+            "DeliveryStreamType": "DirectPut",
+            "VersionId": crate::delivery::STREAM_VERSION.to_string(),
+            "CreateTimestamp": created,
+            "LastUpdateTimestamp": created,
+            "Destinations": destinations,
+            "HasMoreDestinations": false,
+        }
+    })
+    .to_string()
+    .into_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+struct ListIn {
+    limit: Option<i64>,
+    delivery_stream_type: Option<String>,
+    exclusive_start_delivery_stream_name: Option<String>,
+}
+
+fn list(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let req: ListIn = parse_owned(body)?;
+    let limit = req.limit.unwrap_or(10);
+    if !(1..=10000).contains(&limit) {
+        return Err(ApiError::validation(format!(
+            "Limit is {limit}; it must be 1 to 10000"
+        )));
+    }
+    let names: Vec<String> = match req.delivery_stream_type.as_deref() {
+        None | Some("DirectPut") => app
+            .registry
+            .list()
+            .iter()
+            .map(|s| s.spec.name.clone())
+            .collect(),
+        Some("KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource") => vec![],
+        Some(t) => {
+            return Err(ApiError::validation(format!(
+                "DeliveryStreamType {t:?} is not a stream type"
+            )))
+        }
+    };
+    // The registry is a BTreeMap, so names come sorted.
+    let after: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            req.exclusive_start_delivery_stream_name
+                .as_ref()
+                .is_none_or(|s| n > s)
+        })
+        .collect();
+    let page: Vec<&String> = after.iter().take(limit as usize).collect();
+    Ok(
+        json!({ "DeliveryStreamNames": page, "HasMoreDeliveryStreams": after.len() > page.len() })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+struct DeleteIn {
+    delivery_stream_name: Option<String>,
+    /// Firehose's escape hatch for streams whose KMS grants are gone; with no
+    /// KMS there is nothing it could change.
+    allow_force_delete: Option<bool>,
+}
+
+async fn delete(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let req: DeleteIn = parse_owned(body)?;
+    let _ = req.allow_force_delete;
+    let name = required(req.delivery_stream_name, "DeliveryStreamName")?;
+    check_stream_name(&name)?;
+    app.registry.delete(&name).await?;
+    Ok(b"{}".to_vec())
+}

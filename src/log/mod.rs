@@ -1,0 +1,711 @@
+//! The write-ahead log: where an acknowledged record lives until it is in the lake.
+//!
+//! One log per delivery stream, in `<data-dir>/streams/<name>/log/`. It is an
+//! append-only sequence of records, each with an implicit offset (0, 1, 2, ...
+//! for the life of the stream). This module stores, syncs, reads back and
+//! removes records; it knows nothing of batching, objects or the lake.
+//!
+//! # On disk
+//!
+//! The log is a run of segment files named by the offset of their first record,
+//! zero-padded so that names sort like numbers: `00000000000000000000.log`,
+//! `00000000000000131072.log`, ... A segment is a run of frames:
+//!
+//! ```text
+//! +-----------+-----------+----------------+------------------+
+//! | len: u32  | crc: u32  | arrival_ms: i64| data: len bytes  |
+//! +-----------+-----------+----------------+------------------+
+//!   little-endian; crc = CRC-32C over arrival_ms and data
+//! ```
+//!
+//! A record's offset is its segment's base offset plus its index in the
+//! segment; nothing else is stored, so a frame is 16 bytes plus the data.
+//!
+//! # Writes and group commit
+//!
+//! One writer thread per log owns the active (last) segment. Request handlers
+//! frame their records themselves (in parallel, on the async runtime) and hand
+//! the framed bytes to the writer. The writer takes every request queued at
+//! that moment, writes them back to back, calls `fdatasync` once, and only then
+//! answers each request with the offset of its first record. Requests that
+//! arrive during an fsync wait for the next one, so under load many requests
+//! share one fsync, and an idle log answers one request in one fsync.
+//!
+//! A segment is rolled once it passes `segment_bytes`: the old one is synced
+//! before the new one is created, so every segment but the last is complete.
+//!
+//! # Recovery
+//!
+//! On open, the last segment is scanned frame by frame. The first frame that
+//! is short or fails its checksum marks a torn tail (a write the process or
+//! the machine did not finish): the file is truncated there. No record in a
+//! torn tail was acknowledged, because acknowledgement waits for the fsync
+//! that covers it. Earlier segments were synced before the roll and are not
+//! scanned; a checksum failure found in them later when reading is reported
+//! as corruption and stops delivery, because skipping it would lose data.
+//!
+//! # Removal
+//!
+//! Delivery calls [`Log::remove_before`] with the offset below which every
+//! record is in the lake; every segment whose records are all below it is
+//! deleted. The active segment is never deleted, so the next offset can always
+//! be recovered from the files.
+//!
+//! # Limits
+//!
+//! `max_bytes` bounds the log on disk. An append that would pass it fails with
+//! [`LogError::Full`] and nothing is written: the front door turns that into
+//! ServiceUnavailableException so producers back off and retry. A write that
+//! fails (a full disk) is cut back off the file and fails the same way; an
+//! fsync that fails poisons the log, because after a failed fsync the kernel
+//! may have dropped the dirty pages and nothing can be promised any more.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Bytes before a record's data: len, crc, arrival time.
+pub const FRAME_HEADER: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the log is full ({used} of {max} bytes); delivery must catch up before more records are taken")]
+    Full { used: u64, max: u64 },
+    #[error("writing the log failed: {0}")]
+    Write(io::Error),
+    #[error(
+        "the log is unusable after a failed fsync ({0}); restart hydrant once the disk is healthy"
+    )]
+    Poisoned(String),
+    #[error("the log is closed")]
+    Closed,
+    #[error("log corrupt in {file}: {what}")]
+    Corrupt { file: PathBuf, what: String },
+    #[error("log i/o on {file}: {err}")]
+    Io { file: PathBuf, err: io::Error },
+}
+
+impl LogError {
+    fn io(file: &Path, err: io::Error) -> Self {
+        LogError::Io {
+            file: file.to_path_buf(),
+            err,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    pub segment_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// Frames records into a buffer ready for [`Log::append`].
+#[derive(Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+    count: u64,
+}
+
+impl Frames {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Frames {
+            buf: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
+    pub fn push(&mut self, arrival_ms: i64, data: &[u8]) {
+        let start = self.buf.len();
+        self.buf
+            .extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.extend_from_slice(&arrival_ms.to_le_bytes());
+        self.buf.extend_from_slice(data);
+        let crc = crc32c::crc32c(&self.buf[start + 8..]);
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+struct Append {
+    frames: Frames,
+    reply: oneshot::Sender<Result<u64, LogError>>,
+}
+
+/// What the log holds right now, published after every fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// The offset the next record will get: every record below it is durable.
+    pub next_offset: u64,
+}
+
+struct Shared {
+    dir: PathBuf,
+    bytes_on_disk: AtomicU64,
+    poisoned: AtomicBool,
+}
+
+/// A handle to one stream's log. Cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    tx: mpsc::UnboundedSender<Append>,
+    tail: watch::Receiver<Tail>,
+    shared: Arc<Shared>,
+}
+
+fn segment_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// The segments in `dir`, by base offset.
+fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name.strip_suffix(".log").and_then(|n| n.parse().ok()) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads frames from a segment. Returns `Ok(None)` at a clean end of file and
+/// `Err(reason)` at a short or corrupt frame.
+fn read_frame(
+    r: &mut impl Read,
+    data: &mut Vec<u8>,
+) -> io::Result<Result<Option<i64>, &'static str>> {
+    let mut header = [0u8; FRAME_HEADER];
+    let mut got = 0;
+    while got < FRAME_HEADER {
+        match r.read(&mut header[got..])? {
+            0 if got == 0 => return Ok(Ok(None)),
+            0 => return Ok(Err("short frame header")),
+            n => got += n,
+        }
+    }
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    let arrival = i64::from_le_bytes(header[8..16].try_into().unwrap());
+    if len > 64 << 20 {
+        return Ok(Err("frame length out of range"));
+    }
+    data.resize(len, 0);
+    if let Err(e) = r.read_exact(data) {
+        return if e.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(Err("short frame data"))
+        } else {
+            Err(e)
+        };
+    }
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), data);
+    if actual != crc {
+        return Ok(Err("checksum mismatch"));
+    }
+    Ok(Ok(Some(arrival)))
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering a torn tail. `first_offset`
+    /// is where a log with no segments starts: the offset delivery has
+    /// committed, so a stream whose segments were all delivered and removed
+    /// keeps counting where it was.
+    pub fn open(dir: &Path, first_offset: u64, opts: LogOptions) -> Result<Log, LogError> {
+        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let mut bases = segments(dir)?;
+        if bases.is_empty() {
+            let path = dir.join(segment_name(first_offset));
+            File::create(&path).map_err(|e| LogError::io(&path, e))?;
+            sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
+            bases.push(first_offset);
+        }
+        let base = *bases.last().unwrap();
+        let path = dir.join(segment_name(base));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        let (count, valid_len) = scan(&mut file, &path)?;
+        let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+        if valid_len < file_len {
+            tracing::warn!(
+                segment = %path.display(),
+                kept = valid_len,
+                cut = file_len - valid_len,
+                "truncating a torn log tail (records that were never acknowledged)"
+            );
+            file.set_len(valid_len)
+                .map_err(|e| LogError::io(&path, e))?;
+            file.sync_all().map_err(|e| LogError::io(&path, e))?;
+        }
+        file.seek(SeekFrom::Start(valid_len))
+            .map_err(|e| LogError::io(&path, e))?;
+        let mut on_disk = 0;
+        for b in &bases {
+            let p = dir.join(segment_name(*b));
+            on_disk += fs::metadata(&p).map_err(|e| LogError::io(&p, e))?.len();
+        }
+        let next_offset = base + count;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            bytes_on_disk: AtomicU64::new(on_disk),
+            poisoned: AtomicBool::new(false),
+        });
+        let (tail_tx, tail) = watch::channel(Tail { next_offset });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            opts,
+            file,
+            base,
+            len: valid_len,
+            next_offset,
+            tail: tail_tx,
+        };
+        std::thread::Builder::new()
+            .name(format!(
+                "log-{}",
+                dir.parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::io(dir, e))?;
+        Ok(Log { tx, tail, shared })
+    }
+
+    /// Appends framed records; resolves once they are on disk, with the offset
+    /// of the first one.
+    pub async fn append(&self, frames: Frames) -> Result<u64, LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Append { frames, reply })
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Watches the durable end of the log.
+    pub fn tail(&self) -> watch::Receiver<Tail> {
+        self.tail.clone()
+    }
+
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.shared.bytes_on_disk.load(Ordering::Relaxed)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Deletes every segment whose records all lie below `offset`.
+    pub fn remove_before(&self, offset: u64) -> Result<(), LogError> {
+        let dir = &self.shared.dir;
+        let bases = segments(dir)?;
+        let mut removed = false;
+        for pair in bases.windows(2) {
+            if pair[1] > offset {
+                break;
+            }
+            let path = dir.join(segment_name(pair[0]));
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            self.shared.bytes_on_disk.fetch_sub(len, Ordering::Relaxed);
+            removed = true;
+        }
+        if removed {
+            sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// A reader positioned at `offset`.
+    pub fn reader(&self, offset: u64) -> Result<LogReader, LogError> {
+        LogReader::open(&self.shared.dir, offset)
+    }
+}
+
+/// Counts the valid frames of a segment and the length they cover.
+fn scan(file: &mut File, path: &Path) -> Result<(u64, u64), LogError> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| LogError::io(path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, &mut *file);
+    let mut data = Vec::new();
+    let (mut count, mut len) = (0, 0);
+    while let Ok(Some(_)) = read_frame(&mut r, &mut data).map_err(|e| LogError::io(path, e))? {
+        count += 1;
+        len += (FRAME_HEADER + data.len()) as u64;
+    }
+    Ok((count, len))
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    opts: LogOptions,
+    file: File,
+    base: u64,
+    len: u64,
+    next_offset: u64,
+    tail: watch::Sender<Tail>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Append>) {
+        let mut group = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            self.commit(&mut group);
+        }
+        // Every sender is gone: the log is closed. The last fsync already ran.
+    }
+
+    /// Writes a group of appends, syncs once, and answers each.
+    fn commit(&mut self, group: &mut Vec<Append>) {
+        if self.shared.poisoned.load(Ordering::Relaxed) {
+            for a in group.drain(..) {
+                let _ = a
+                    .reply
+                    .send(Err(LogError::Poisoned("an earlier fsync failed".into())));
+            }
+            return;
+        }
+        let mut done = Vec::with_capacity(group.len());
+        for a in group.drain(..) {
+            match self.write(&a.frames) {
+                Ok(first) => done.push((a, first)),
+                Err(e) => {
+                    let _ = a.reply.send(Err(e));
+                }
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(dir = %self.shared.dir.display(), error = %e, "log fsync failed; refusing further writes");
+            self.shared.poisoned.store(true, Ordering::Relaxed);
+            for (a, _) in done {
+                let _ = a.reply.send(Err(LogError::Poisoned(e.to_string())));
+            }
+            return;
+        }
+        self.tail.send_replace(Tail {
+            next_offset: self.next_offset,
+        });
+        for (a, first) in done {
+            let _ = a.reply.send(Ok(first));
+        }
+    }
+
+    fn write(&mut self, frames: &Frames) -> Result<u64, LogError> {
+        let used = self.shared.bytes_on_disk.load(Ordering::Relaxed);
+        let add = frames.bytes() as u64;
+        if used + add > self.opts.max_bytes {
+            return Err(LogError::Full {
+                used,
+                max: self.opts.max_bytes,
+            });
+        }
+        if self.len >= self.opts.segment_bytes {
+            self.roll()?;
+        }
+        if let Err(e) = self.file.write_all(&frames.buf) {
+            // Cut the partial write off so the next frame starts where it should.
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
+            return Err(LogError::Write(e));
+        }
+        self.len += add;
+        self.shared.bytes_on_disk.fetch_add(add, Ordering::Relaxed);
+        let first = self.next_offset;
+        self.next_offset += frames.count;
+        Ok(first)
+    }
+
+    fn roll(&mut self) -> Result<(), LogError> {
+        let dir = self.shared.dir.clone();
+        self.file.sync_data().map_err(LogError::Write)?;
+        let path = dir.join(segment_name(self.next_offset));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LogError::Write)?;
+        sync_dir(&dir).map_err(LogError::Write)?;
+        self.file = file;
+        self.base = self.next_offset;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Reads records in order from an offset, across segments.
+pub struct LogReader {
+    dir: PathBuf,
+    current: Option<(PathBuf, BufReader<File>)>,
+    next: u64,
+    data: Vec<u8>,
+}
+
+/// One record read back from the log.
+pub struct Entry<'a> {
+    pub offset: u64,
+    pub arrival_ms: i64,
+    pub data: &'a [u8],
+}
+
+impl LogReader {
+    fn open(dir: &Path, offset: u64) -> Result<LogReader, LogError> {
+        let mut r = LogReader {
+            dir: dir.to_path_buf(),
+            current: None,
+            next: offset,
+            data: Vec::new(),
+        };
+        let bases = segments(dir)?;
+        let Some(&base) = bases.iter().rev().find(|b| **b <= offset) else {
+            return Err(LogError::Corrupt {
+                file: dir.to_path_buf(),
+                what: format!(
+                    "no segment holds offset {offset} (first segment starts at {:?})",
+                    bases.first()
+                ),
+            });
+        };
+        r.open_segment(base)?;
+        // Skip forward inside the segment to the requested offset.
+        let mut at = base;
+        while at < offset {
+            match r.frame()? {
+                Some(_) => at += 1,
+                None => {
+                    return Err(LogError::Corrupt {
+                        file: dir.join(segment_name(base)),
+                        what: format!("segment ends at offset {at}, before {offset}"),
+                    })
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn open_segment(&mut self, base: u64) -> Result<(), LogError> {
+        let path = self.dir.join(segment_name(base));
+        let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
+        self.current = Some((path, BufReader::with_capacity(1 << 20, file)));
+        Ok(())
+    }
+
+    /// The next frame of the current segment, if any, into `self.data`.
+    fn frame(&mut self) -> Result<Option<i64>, LogError> {
+        let (path, r) = self.current.as_mut().expect("a segment is open");
+        match read_frame(r, &mut self.data).map_err(|e| LogError::io(path, e))? {
+            Ok(x) => Ok(x),
+            Err(what) => Err(LogError::Corrupt {
+                file: path.clone(),
+                what: what.into(),
+            }),
+        }
+    }
+
+    /// The offset of the next record this reader returns.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Reads the next record if its offset is below `end` (the durable tail).
+    pub fn next_below(&mut self, end: u64) -> Result<Option<Entry<'_>>, LogError> {
+        if self.next >= end {
+            return Ok(None);
+        }
+        let arrival = match self.frame()? {
+            Some(a) => a,
+            None => {
+                // End of this segment: the record lives in the next one.
+                let path = self.dir.join(segment_name(self.next));
+                if !path.exists() {
+                    return Err(LogError::Corrupt {
+                        file: path,
+                        what: format!("offset {} is durable but no segment holds it", self.next),
+                    });
+                }
+                self.open_segment(self.next)?;
+                match self.frame()? {
+                    Some(a) => a,
+                    None => {
+                        return Err(LogError::Corrupt {
+                            file: path,
+                            what: format!(
+                                "offset {} is durable but its segment is empty",
+                                self.next
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        let offset = self.next;
+        self.next += 1;
+        Ok(Some(Entry {
+            offset,
+            arrival_ms: arrival,
+            data: &self.data,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> LogOptions {
+        LogOptions {
+            segment_bytes: 1000,
+            max_bytes: 1 << 30,
+        }
+    }
+
+    fn frames(records: &[&str]) -> Frames {
+        let mut f = Frames::default();
+        for r in records {
+            f.push(7, r.as_bytes());
+        }
+        f
+    }
+
+    fn read_all(log: &Log, from: u64) -> Vec<(u64, String)> {
+        let end = log.tail().borrow().next_offset;
+        let mut r = log.reader(from).unwrap();
+        let mut out = Vec::new();
+        while let Some(e) = r.next_below(end).unwrap() {
+            out.push((e.offset, String::from_utf8(e.data.to_vec()).unwrap()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn appends_roll_segments_and_read_back_in_order() {
+        let dir = tempdir();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..100u64 {
+            let rec = format!("record-{i:03}-{}", "x".repeat(40));
+            assert_eq!(log.append(frames(&[&rec])).await.unwrap(), i);
+            expected.push((i, rec));
+        }
+        assert!(
+            segments(&dir).unwrap().len() > 3,
+            "segments roll at segment_bytes"
+        );
+        assert_eq!(read_all(&log, 0), expected);
+        assert_eq!(read_all(&log, 57), expected[57..].to_vec());
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_and_offsets_continue() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            log.append(frames(&["a", "b", "c"])).await.unwrap();
+        }
+        // A torn write: half a frame at the end of the active segment.
+        let seg = dir.join(segment_name(0));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(log.tail().borrow().next_offset, 3);
+        assert_eq!(log.append(frames(&["d"])).await.unwrap(), 3);
+        let got: Vec<_> = read_all(&log, 0).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(got, ["a", "b", "c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn flipped_bit_is_a_torn_tail_not_data() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            log.append(frames(&["keep", "lose"])).await.unwrap();
+        }
+        let seg = dir.join(segment_name(0));
+        let mut bytes = fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&seg, bytes).unwrap();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(read_all(&log, 0), vec![(0, "keep".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn removal_keeps_the_active_segment_and_the_offsets() {
+        let dir = tempdir();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        for i in 0..60 {
+            log.append(frames(&[&format!("{i:0>50}")])).await.unwrap();
+        }
+        let before = log.bytes_on_disk();
+        log.remove_before(60).unwrap();
+        assert_eq!(segments(&dir).unwrap().len(), 1);
+        assert!(log.bytes_on_disk() < before);
+        drop(log);
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(log.tail().borrow().next_offset, 60);
+    }
+
+    #[tokio::test]
+    async fn a_full_log_refuses_and_keeps_what_it_has() {
+        let dir = tempdir();
+        let log = Log::open(
+            &dir,
+            0,
+            LogOptions {
+                segment_bytes: 1 << 20,
+                max_bytes: 100,
+            },
+        )
+        .unwrap();
+        log.append(frames(&[&"a".repeat(60)])).await.unwrap();
+        let err = log.append(frames(&[&"b".repeat(60)])).await.unwrap_err();
+        assert!(matches!(err, LogError::Full { .. }), "{err}");
+        assert_eq!(read_all(&log, 0).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_log_starts_at_the_committed_offset() {
+        let dir = tempdir();
+        let log = Log::open(&dir, 1234, opts()).unwrap();
+        assert_eq!(log.append(frames(&["x"])).await.unwrap(), 1234);
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hydrant-test-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,709 @@
+//! A delivery stream's definition, in Firehose's own words.
+//!
+//! A stream is defined by a CreateDeliveryStream request, whether it arrives
+//! over the API or sits in the config file: both go through [`parse`], so the
+//! two are the same thing by construction. The request is kept as it came
+//! (that is what is persisted), and [`StreamSpec`] is what delivery runs on.
+//!
+//! hydrant accepts an option only if it does what Firehose says it does.
+//! Options that change nothing when off (`CloudWatchLoggingOptions` with
+//! `Enabled: false`, `S3BackupMode: Disabled`, `NoEncryption`) are accepted;
+//! everything else hydrant does not implement is refused with its name, so no
+//! setting is ever silently dropped. `RoleARN` is accepted and only echoed:
+//! there is no IAM here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::ApiError;
+use crate::delivery::prefix::{self, Template};
+
+pub const MAX_SIZE_MB: u32 = 128;
+pub const MAX_INTERVAL_SECONDS: u32 = 900;
+/// Firehose's defaults when BufferingHints are absent.
+pub const DEFAULT_SIZE_MB: u32 = 5;
+pub const DEFAULT_INTERVAL_SECONDS: u32 = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Compression {
+    #[serde(rename = "UNCOMPRESSED")]
+    Uncompressed,
+    #[serde(rename = "GZIP")]
+    Gzip,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Uncompressed => "UNCOMPRESSED",
+            Compression::Gzip => "GZIP",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Uncompressed => "",
+            Compression::Gzip => ".gz",
+        }
+    }
+}
+
+/// What delivery needs to know about a stream, validated.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub name: String,
+    /// Came as ExtendedS3DestinationConfiguration (else S3DestinationConfiguration).
+    pub extended: bool,
+    pub role_arn: String,
+    pub bucket_arn: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub error_output_prefix: Option<String>,
+    pub prefix_template: Template,
+    pub error_template: Option<Template>,
+    pub size_mb: u32,
+    pub interval_seconds: u32,
+    pub compression: Compression,
+    pub append_delimiter: bool,
+    pub file_extension: Option<String>,
+    /// The request this spec came from, as persisted.
+    pub request: Value,
+}
+
+impl StreamSpec {
+    pub fn size_bytes(&self) -> usize {
+        self.size_mb as usize * 1024 * 1024
+    }
+
+    /// The extension of delivered objects: FileExtension if set, else the
+    /// compression's own.
+    pub fn extension(&self) -> &str {
+        self.file_extension
+            .as_deref()
+            .unwrap_or(self.compression.extension())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateRequest {
+    delivery_stream_name: Option<String>,
+    delivery_stream_type: Option<String>,
+    s3_destination_configuration: Option<Destination>,
+    extended_s3_destination_configuration: Option<Destination>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Destination {
+    #[serde(rename = "RoleARN")]
+    role_arn: Option<String>,
+    #[serde(rename = "BucketARN")]
+    bucket_arn: Option<String>,
+    prefix: Option<String>,
+    error_output_prefix: Option<String>,
+    buffering_hints: Option<BufferingHints>,
+    compression_format: Option<String>,
+    encryption_configuration: Option<Encryption>,
+    cloud_watch_logging_options: Option<CloudWatch>,
+    // The rest are ExtendedS3DestinationConfiguration's alone.
+    processing_configuration: Option<Processing>,
+    #[serde(rename = "S3BackupMode")]
+    s3_backup_mode: Option<String>,
+    file_extension: Option<String>,
+    custom_time_zone: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct BufferingHints {
+    #[serde(rename = "SizeInMBs")]
+    size_mb: Option<i64>,
+    #[serde(rename = "IntervalInSeconds")]
+    interval_seconds: Option<i64>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Encryption {
+    no_encryption_config: Option<String>,
+    #[serde(rename = "KMSEncryptionConfig")]
+    kms: Option<Value>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CloudWatch {
+    enabled: Option<bool>,
+    log_group_name: Option<String>,
+    log_stream_name: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Processing {
+    enabled: Option<bool>,
+    processors: Option<Vec<Processor>>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Processor {
+    #[serde(rename = "Type")]
+    kind: Option<String>,
+    parameters: Option<Vec<Value>>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+fn unsupported(path: &str, other: &BTreeMap<String, Value>) -> Result<(), ApiError> {
+    match other.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(ApiError::invalid_argument(format!(
+            "{path}{k} is not supported by hydrant (unknown option, or a Firehose feature hydrant does not implement yet)"
+        ))),
+    }
+}
+
+/// Firehose's stream name rule, plus one of hydrant's: the name is a
+/// directory name, so it may not be `.` or `..`.
+pub fn check_stream_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation(format!(
+            "Value {name:?} at 'deliveryStreamName' failed to satisfy constraint: \
+             Member must have length 1-64 and match [a-zA-Z0-9_.-]+ (and not be . or ..)"
+        )))
+    }
+}
+
+/// An S3 bucket name by S3's rules; it is also a directory in the embedded lake.
+fn check_bucket(bucket: &str) -> bool {
+    let b = bucket.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-".contains(c))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !bucket.contains("..")
+}
+
+/// A prefix becomes a path below the bucket in the embedded lake, where
+/// `a//b`, `./` and `../` cannot mean what they mean to S3.
+fn check_key_path(what: &str, prefix: &str) -> Result<(), ApiError> {
+    if prefix.starts_with('/')
+        || prefix.contains("//")
+        || prefix.split('/').any(|seg| seg == "." || seg == "..")
+        || prefix.contains('\\')
+        || prefix.contains('\0')
+    {
+        return Err(ApiError::invalid_argument(format!(
+            "{what} {prefix:?}: keys in hydrant's lake are paths, so a prefix may not start with '/', \
+             contain '//', '\\', or a '.' or '..' segment"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses and validates a CreateDeliveryStream request.
+pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
+    let req: CreateRequest = serde_json::from_value(request.clone())
+        .map_err(|e| ApiError::serialization(format!("CreateDeliveryStream: {e}")))?;
+    let name = req
+        .delivery_stream_name
+        .ok_or_else(|| ApiError::validation("DeliveryStreamName is required"))?;
+    check_stream_name(&name)?;
+    unsupported("", &req.other)?;
+    match req.delivery_stream_type.as_deref() {
+        None | Some("DirectPut") => {}
+        Some(t @ ("KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource")) => {
+            return Err(ApiError::invalid_argument(format!(
+                "DeliveryStreamType {t} is not supported by hydrant yet; use DirectPut"
+            )))
+        }
+        Some(t) => {
+            return Err(ApiError::validation(format!(
+                "DeliveryStreamType {t:?} is not one of DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource"
+            )))
+        }
+    }
+    let (dest, extended, path) = match (req.s3_destination_configuration, req.extended_s3_destination_configuration) {
+        (Some(d), None) => (d, false, "S3DestinationConfiguration."),
+        (None, Some(d)) => (d, true, "ExtendedS3DestinationConfiguration."),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_argument(
+                "give one destination: ExtendedS3DestinationConfiguration or S3DestinationConfiguration, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::invalid_argument(
+                "a destination is required: ExtendedS3DestinationConfiguration (or S3DestinationConfiguration); \
+                 hydrant delivers to S3-style buckets only",
+            ))
+        }
+    };
+    unsupported(path, &dest.other)?;
+    if !extended {
+        for (set, field) in [
+            (
+                dest.processing_configuration.is_some(),
+                "ProcessingConfiguration",
+            ),
+            (dest.s3_backup_mode.is_some(), "S3BackupMode"),
+            (dest.file_extension.is_some(), "FileExtension"),
+            (dest.custom_time_zone.is_some(), "CustomTimeZone"),
+        ] {
+            if set {
+                return Err(ApiError::invalid_argument(format!(
+                    "{path}{field} is not a field of S3DestinationConfiguration; use ExtendedS3DestinationConfiguration"
+                )));
+            }
+        }
+    }
+    let role_arn = dest
+        .role_arn
+        .ok_or_else(|| ApiError::validation(format!("{path}RoleARN is required")))?;
+    let bucket_arn = dest
+        .bucket_arn
+        .ok_or_else(|| ApiError::validation(format!("{path}BucketARN is required")))?;
+    let bucket = bucket_arn
+        .strip_prefix("arn:aws:s3:::")
+        .or_else(|| bucket_arn.strip_prefix("arn:aws-cn:s3:::"))
+        .or_else(|| bucket_arn.strip_prefix("arn:aws-us-gov:s3:::"))
+        .filter(|b| check_bucket(b))
+        .ok_or_else(|| {
+            ApiError::invalid_argument(format!(
+                "{path}BucketARN {bucket_arn:?} must be arn:aws:s3:::BUCKET with a valid S3 bucket name \
+                 (3-63 characters: lowercase letters, digits, '.' and '-')"
+            ))
+        })?
+        .to_string();
+
+    let prefix = dest.prefix.unwrap_or_default();
+    let error_output_prefix = dest.error_output_prefix;
+    for (what, p) in [
+        ("Prefix", Some(&prefix)),
+        ("ErrorOutputPrefix", error_output_prefix.as_ref()),
+    ] {
+        if let Some(p) = p {
+            if p.len() > 1024 {
+                return Err(ApiError::validation(format!(
+                    "{path}{what} is longer than 1024 characters"
+                )));
+            }
+            check_key_path(what, p)?;
+        }
+    }
+    let (prefix_template, error_template) =
+        prefix::validate(&prefix, error_output_prefix.as_deref())
+            .map_err(|e| ApiError::invalid_argument(format!("{path}{e}")))?;
+
+    let (mut size_mb, mut interval_seconds) = (DEFAULT_SIZE_MB, DEFAULT_INTERVAL_SECONDS);
+    if let Some(h) = dest.buffering_hints {
+        unsupported(&format!("{path}BufferingHints."), &h.other)?;
+        if let Some(s) = h.size_mb {
+            if !(1..=MAX_SIZE_MB as i64).contains(&s) {
+                return Err(ApiError::validation(format!(
+                    "{path}BufferingHints.SizeInMBs is {s}; it must be 1 to {MAX_SIZE_MB}"
+                )));
+            }
+            size_mb = s as u32;
+        }
+        if let Some(i) = h.interval_seconds {
+            if !(0..=MAX_INTERVAL_SECONDS as i64).contains(&i) {
+                return Err(ApiError::validation(format!(
+                    "{path}BufferingHints.IntervalInSeconds is {i}; it must be 0 to {MAX_INTERVAL_SECONDS}"
+                )));
+            }
+            interval_seconds = i as u32;
+        }
+    }
+
+    let compression = match dest.compression_format.as_deref() {
+        None | Some("UNCOMPRESSED") => Compression::Uncompressed,
+        Some("GZIP") => Compression::Gzip,
+        Some(c @ ("ZIP" | "Snappy" | "HADOOP_SNAPPY")) => {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}CompressionFormat {c} is not supported by hydrant yet; use UNCOMPRESSED or GZIP"
+            )))
+        }
+        Some(c) => {
+            return Err(ApiError::validation(format!(
+                "{path}CompressionFormat {c:?} is not one of UNCOMPRESSED, GZIP, ZIP, Snappy, HADOOP_SNAPPY"
+            )))
+        }
+    };
+
+    if let Some(e) = dest.encryption_configuration {
+        unsupported(&format!("{path}EncryptionConfiguration."), &e.other)?;
+        if e.kms.is_some() {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}EncryptionConfiguration.KMSEncryptionConfig is not supported by hydrant"
+            )));
+        }
+        match e.no_encryption_config.as_deref() {
+            None | Some("NoEncryption") => {}
+            Some(v) => {
+                return Err(ApiError::validation(format!(
+                    "{path}EncryptionConfiguration.NoEncryptionConfig {v:?} must be NoEncryption"
+                )))
+            }
+        }
+    }
+    if let Some(c) = dest.cloud_watch_logging_options {
+        unsupported(&format!("{path}CloudWatchLoggingOptions."), &c.other)?;
+        let _ = (c.log_group_name, c.log_stream_name);
+        if c.enabled == Some(true) {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}CloudWatchLoggingOptions.Enabled is not supported by hydrant: there is no CloudWatch; \
+                 hydrant logs to its own output and exposes metrics at /-/metrics"
+            )));
+        }
+    }
+    match dest.s3_backup_mode.as_deref() {
+        None | Some("Disabled") => {}
+        Some(m) => {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}S3BackupMode {m} is not supported by hydrant yet; use Disabled"
+            )))
+        }
+    }
+    let mut append_delimiter = false;
+    if let Some(p) = dest.processing_configuration {
+        let pp = format!("{path}ProcessingConfiguration.");
+        unsupported(&pp, &p.other)?;
+        if p.enabled == Some(true) {
+            for proc in p.processors.unwrap_or_default() {
+                unsupported(&format!("{pp}Processors."), &proc.other)?;
+                match proc.kind.as_deref() {
+                    Some("AppendDelimiterToRecord") => {
+                        if proc.parameters.is_some_and(|p| !p.is_empty()) {
+                            return Err(ApiError::invalid_argument(format!(
+                                "{pp}Processors: AppendDelimiterToRecord takes no parameters (it appends a newline)"
+                            )));
+                        }
+                        append_delimiter = true;
+                    }
+                    Some(t) => {
+                        return Err(ApiError::invalid_argument(format!(
+                            "{pp}Processors: processor type {t} is not supported by hydrant yet; \
+                             only AppendDelimiterToRecord is"
+                        )))
+                    }
+                    None => {
+                        return Err(ApiError::validation(format!(
+                            "{pp}Processors: Type is required"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    if let Some(ext) = &dest.file_extension {
+        let ok = ext.is_empty()
+            || (ext.starts_with('.')
+                && ext.len() <= 128
+                && ext[1..].bytes().all(|b| {
+                    b.is_ascii_digit() || b.is_ascii_lowercase() || b"!-_.*'()".contains(&b)
+                })
+                && ext.len() > 1);
+        if !ok {
+            return Err(ApiError::validation(format!(
+                "{path}FileExtension {ext:?} must start with '.' followed by [0-9a-z!-_.*'()]"
+            )));
+        }
+    }
+    match dest.custom_time_zone.as_deref() {
+        None | Some("") | Some("UTC") => {}
+        Some(tz) => {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}CustomTimeZone {tz} is not supported by hydrant yet; timestamps are UTC"
+            )))
+        }
+    }
+
+    Ok(StreamSpec {
+        name,
+        extended,
+        role_arn,
+        bucket_arn,
+        bucket,
+        prefix,
+        error_output_prefix,
+        prefix_template,
+        error_template,
+        size_mb,
+        interval_seconds,
+        compression,
+        append_delimiter,
+        file_extension: dest.file_extension.filter(|e| !e.is_empty()),
+        request: request.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn article() -> Value {
+        json!({
+            "DeliveryStreamName": "my-event-staging",
+            "DeliveryStreamType": "DirectPut",
+            "ExtendedS3DestinationConfiguration": {
+                "RoleARN": "arn:aws:iam::123456789012:role/firehose",
+                "BucketARN": "arn:aws:s3:::data.staging.aws",
+                "Prefix": "events/my-event-staging/",
+                "BufferingHints": {"IntervalInSeconds": 300, "SizeInMBs": 30},
+                "CompressionFormat": "UNCOMPRESSED"
+            }
+        })
+    }
+
+    #[test]
+    fn the_article_stream_parses_one_to_one() {
+        let s = parse(&article()).unwrap();
+        assert_eq!(s.name, "my-event-staging");
+        assert_eq!(s.bucket, "data.staging.aws");
+        assert_eq!(s.prefix, "events/my-event-staging/");
+        assert_eq!((s.size_mb, s.interval_seconds), (30, 300));
+        assert_eq!(s.compression, Compression::Uncompressed);
+        assert!(!s.append_delimiter);
+    }
+
+    #[test]
+    fn defaults_are_firehose_defaults() {
+        let mut r = article();
+        r["ExtendedS3DestinationConfiguration"]
+            .as_object_mut()
+            .unwrap()
+            .remove("BufferingHints");
+        let s = parse(&r).unwrap();
+        assert_eq!((s.size_mb, s.interval_seconds), (5, 300));
+    }
+
+    /// (JSON pointer to set, value, expected error type, text the message must contain)
+    const REJECTIONS: &[(&str, &str, &str, &str)] = &[
+        (
+            "/DeliveryStreamName",
+            r#""bad name""#,
+            "ValidationException",
+            "deliveryStreamName",
+        ),
+        (
+            "/DeliveryStreamName",
+            r#"".."#,
+            "ValidationException",
+            "deliveryStreamName",
+        ),
+        (
+            "/DeliveryStreamType",
+            r#""KinesisStreamAsSource""#,
+            "InvalidArgumentException",
+            "KinesisStreamAsSource",
+        ),
+        (
+            "/Tags",
+            r#"[{"Key":"a"}]"#,
+            "InvalidArgumentException",
+            "Tags",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/BufferingHints/SizeInMBs",
+            "129",
+            "ValidationException",
+            "SizeInMBs",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/BufferingHints/SizeInMBs",
+            "0",
+            "ValidationException",
+            "SizeInMBs",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/BufferingHints/IntervalInSeconds",
+            "901",
+            "ValidationException",
+            "IntervalInSeconds",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/BufferingHints/SizeInMBs",
+            r#""big""#,
+            "SerializationException",
+            "invalid type",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/CompressionFormat",
+            r#""Snappy""#,
+            "InvalidArgumentException",
+            "Snappy",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/CompressionFormat",
+            r#""LZ4""#,
+            "ValidationException",
+            "LZ4",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/DataFormatConversionConfiguration",
+            r#"{"Enabled":true}"#,
+            "InvalidArgumentException",
+            "DataFormatConversionConfiguration",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/DynamicPartitioningConfiguration",
+            r#"{"Enabled":true}"#,
+            "InvalidArgumentException",
+            "DynamicPartitioningConfiguration",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/CloudWatchLoggingOptions",
+            r#"{"Enabled":true}"#,
+            "InvalidArgumentException",
+            "CloudWatch",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/S3BackupMode",
+            r#""Enabled""#,
+            "InvalidArgumentException",
+            "S3BackupMode",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/EncryptionConfiguration",
+            r#"{"KMSEncryptionConfig":{}}"#,
+            "InvalidArgumentException",
+            "KMS",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/ProcessingConfiguration",
+            r#"{"Enabled":true,"Processors":[{"Type":"Lambda"}]}"#,
+            "InvalidArgumentException",
+            "Lambda",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/CustomTimeZone",
+            r#""Asia/Tokyo""#,
+            "InvalidArgumentException",
+            "CustomTimeZone",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/FileExtension",
+            r#""json""#,
+            "ValidationException",
+            "FileExtension",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/BucketARN",
+            r#""arn:aws:s3:::Bad_Bucket""#,
+            "InvalidArgumentException",
+            "BucketARN",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/Prefix",
+            r#""!{timestamp:yyyy}/""#,
+            "InvalidArgumentException",
+            "ErrorOutputPrefix is required",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/Prefix",
+            r#""a/../b/""#,
+            "InvalidArgumentException",
+            "segment",
+        ),
+        (
+            "/ExtendedS3DestinationConfiguration/Bogus",
+            "1",
+            "InvalidArgumentException",
+            "Bogus",
+        ),
+        (
+            "/S3DestinationConfiguration",
+            r#"{"RoleARN":"r","BucketARN":"arn:aws:s3:::b-b"}"#,
+            "InvalidArgumentException",
+            "not both",
+        ),
+    ];
+
+    fn set(v: &mut Value, pointer: &str, value: Value) {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        v.pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_string(), value);
+    }
+
+    #[test]
+    fn rejections_name_the_option() {
+        for (pointer, value, code, text) in REJECTIONS {
+            let mut r = article();
+            set(&mut r, pointer, serde_json::from_str(value).unwrap());
+            let err = parse(&r).expect_err(pointer);
+            assert_eq!(err.code, *code, "{pointer} = {value}: {}", err.message);
+            assert!(
+                err.message.contains(text),
+                "{pointer} = {value}: {:?} lacks {text:?}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn harmless_options_are_accepted_and_delimiter_takes_effect() {
+        let mut r = article();
+        let d = "/ExtendedS3DestinationConfiguration";
+        set(
+            &mut r,
+            &format!("{d}/CloudWatchLoggingOptions"),
+            json!({"Enabled": false}),
+        );
+        set(&mut r, &format!("{d}/S3BackupMode"), json!("Disabled"));
+        set(
+            &mut r,
+            &format!("{d}/EncryptionConfiguration"),
+            json!({"NoEncryptionConfig": "NoEncryption"}),
+        );
+        set(&mut r, &format!("{d}/FileExtension"), json!(".json"));
+        set(
+            &mut r,
+            &format!("{d}/ProcessingConfiguration"),
+            json!({"Enabled": true, "Processors": [{"Type": "AppendDelimiterToRecord"}]}),
+        );
+        let s = parse(&r).unwrap();
+        assert!(s.append_delimiter);
+        assert_eq!(s.extension(), ".json");
+    }
+
+    #[test]
+    fn plain_s3_destination_refuses_extended_fields() {
+        let r = json!({
+            "DeliveryStreamName": "s",
+            "S3DestinationConfiguration": {"RoleARN": "r", "BucketARN": "arn:aws:s3:::bkt", "FileExtension": ".x"}
+        });
+        let err = parse(&r).unwrap_err();
+        assert!(err
+            .message
+            .contains("FileExtension is not a field of S3DestinationConfiguration"));
+    }
+}

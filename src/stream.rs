@@ -1,0 +1,353 @@
+//! Delivery streams: each owns its log and its delivery task; the registry
+//! owns the streams.
+//!
+//! A stream lives in `<data-dir>/streams/<name>/`:
+//!
+//! ```text
+//! stream.json     the CreateDeliveryStream request, create time, incarnation id, origin
+//! log/            the write-ahead log (see `log`)
+//! delivery.json   what has reached the lake (see `delivery`)
+//! ```
+//!
+//! A stream directory appears by an atomic rename of a fully written one,
+//! so a crash mid-create leaves no half stream. Streams declared in the
+//! config file are created or updated from it at start; a stream created
+//! through the API survives restarts like any other.
+//!
+//! Intake and shutdown: every put holds a read lock on the stream's gate
+//! while it appends. Closing a stream (delete, shutdown) takes the write
+//! lock, which waits for puts in flight, then marks the stream closed. Only
+//! then is delivery told to stop, so its final flush covers every record
+//! that was acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::ApiError;
+use crate::delivery::{self, store::LocalStore, Delivery, DeliveryStats};
+use crate::log::{Frames, Log, LogError, LogOptions};
+use crate::spec::{self, StreamSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Api,
+    Config,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    request: Value,
+    created_ms: i64,
+    incarnation: uuid::Uuid,
+    origin: Origin,
+}
+
+#[derive(Default)]
+pub struct IntakeStats {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+pub struct Stream {
+    pub spec: StreamSpec,
+    pub created_ms: i64,
+    pub incarnation: uuid::Uuid,
+    pub origin: Origin,
+    pub log: Log,
+    pub intake: IntakeStats,
+    pub delivery: Arc<DeliveryStats>,
+    dir: PathBuf,
+    /// `false` once the stream is closed to puts.
+    gate: tokio::sync::RwLock<bool>,
+    stop: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Why a put was refused.
+#[derive(Debug)]
+pub enum PutError {
+    Closed,
+    Log(LogError),
+}
+
+impl Stream {
+    pub fn arn(&self) -> String {
+        format!(
+            "arn:aws:firehose:us-east-1:000000000000:deliverystream/{}",
+            self.spec.name
+        )
+    }
+
+    /// A record's id: the stream's incarnation and the record's log offset.
+    pub fn record_id(&self, offset: u64) -> String {
+        format!("{}{offset:016x}", self.incarnation.simple())
+    }
+
+    /// Appends records; returns the offset of the first once they are durable.
+    pub async fn put(&self, frames: Frames) -> Result<u64, PutError> {
+        let open = self.gate.read().await;
+        if !*open {
+            return Err(PutError::Closed);
+        }
+        let (n, bytes) = (frames.count(), frames.bytes());
+        let first = self.log.append(frames).await.map_err(PutError::Log)?;
+        self.intake.records.fetch_add(n, Ordering::Relaxed);
+        self.intake.bytes.fetch_add(
+            (bytes - n as usize * crate::log::FRAME_HEADER) as u64,
+            Ordering::Relaxed,
+        );
+        Ok(first)
+    }
+
+    /// Refuses new puts, waits for those in flight, delivers everything in
+    /// the log, and stops the delivery task.
+    pub async fn close(&self) {
+        *self.gate.write().await = false;
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    /// Records acknowledged but not yet in the lake.
+    pub fn lag_records(&self) -> u64 {
+        let tail = self.log.tail().borrow().next_offset;
+        tail.saturating_sub(self.delivery.committed_offset.load(Ordering::Relaxed))
+    }
+}
+
+pub struct Registry {
+    data_dir: PathBuf,
+    opts: LogOptions,
+    store: LocalStore,
+    streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    /// Serializes create and delete, which touch the disk.
+    admin: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Registry {
+    /// Opens every stream under `data_dir`, then creates or updates those
+    /// the config declares.
+    pub async fn open(
+        data_dir: &Path,
+        opts: LogOptions,
+        declared: Vec<Value>,
+    ) -> anyhow::Result<Registry> {
+        use anyhow::Context;
+        let streams_dir = data_dir.join("streams");
+        std::fs::create_dir_all(&streams_dir)
+            .with_context(|| format!("creating {}", streams_dir.display()))?;
+        let store = LocalStore::open(data_dir)
+            .with_context(|| format!("opening the lake in {}", data_dir.display()))?;
+        let reg = Registry {
+            data_dir: data_dir.to_path_buf(),
+            opts,
+            store,
+            streams: RwLock::new(BTreeMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+        };
+        let mut on_disk = BTreeMap::new();
+        for entry in std::fs::read_dir(&streams_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // An interrupted create or delete: never a live stream.
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                continue;
+            }
+            let meta_path = path.join("stream.json");
+            let meta: Meta = serde_json::from_slice(
+                &std::fs::read(&meta_path)
+                    .with_context(|| format!("reading {}", meta_path.display()))?,
+            )
+            .with_context(|| format!("parsing {}", meta_path.display()))?;
+            on_disk.insert(name, meta);
+        }
+        let mut names_declared = std::collections::BTreeSet::new();
+        for request in declared {
+            let spec = spec::parse(&request).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let name = spec.name.clone();
+            if !names_declared.insert(name.clone()) {
+                anyhow::bail!("delivery stream {name} is declared twice");
+            }
+            let dir = streams_dir.join(&name);
+            match on_disk.remove(&name) {
+                Some(mut meta) => {
+                    if meta.request != request || meta.origin != Origin::Config {
+                        meta.request = request;
+                        meta.origin = Origin::Config;
+                        write_meta(&dir, &meta)?;
+                    }
+                    reg.start(spec, meta, dir)?;
+                }
+                None => {
+                    let meta = Meta {
+                        request,
+                        created_ms: now_ms(),
+                        incarnation: uuid::Uuid::new_v4(),
+                        origin: Origin::Config,
+                    };
+                    reg.create_dir(&name, &meta)?;
+                    reg.start(spec, meta, dir)?;
+                }
+            }
+        }
+        for (name, mut meta) in on_disk {
+            let spec = spec::parse(&meta.request).map_err(|e| {
+                anyhow::anyhow!(
+                    "stored delivery stream {name} is no longer valid: {}",
+                    e.message
+                )
+            })?;
+            if meta.origin == Origin::Config {
+                tracing::warn!(stream = %name, "no longer in the config file; it keeps running as if created through the API (delete it with DeleteDeliveryStream)");
+                meta.origin = Origin::Api;
+                write_meta(&streams_dir.join(&name), &meta)?;
+            }
+            reg.start(spec, meta, streams_dir.join(&name))?;
+        }
+        Ok(reg)
+    }
+
+    pub fn lake(&self) -> &Path {
+        self.store.root()
+    }
+
+    fn create_dir(&self, name: &str, meta: &Meta) -> anyhow::Result<()> {
+        let streams_dir = self.data_dir.join("streams");
+        let tmp = streams_dir.join(format!(".creating-{name}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&tmp)?;
+        write_meta(&tmp, meta)?;
+        std::fs::rename(&tmp, streams_dir.join(name))?;
+        crate::log::sync_dir(&streams_dir)?;
+        Ok(())
+    }
+
+    fn start(&self, spec: StreamSpec, meta: Meta, dir: PathBuf) -> anyhow::Result<()> {
+        let committed = delivery::committed_offset(&dir)?;
+        let log = Log::open(&dir.join("log"), committed, self.opts)?;
+        let stats = Arc::new(DeliveryStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let d = Delivery {
+            spec: spec.clone(),
+            incarnation: meta.incarnation,
+            dir: dir.clone(),
+            log: log.clone(),
+            store: self.store.clone(),
+            stats: stats.clone(),
+        };
+        let name = spec.name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = d.run(stop_rx).await {
+                tracing::error!(stream = %name, error = %e, "delivery stopped; records stay in the log until this is fixed and hydrant restarts");
+            }
+        });
+        let stream = Stream {
+            spec,
+            created_ms: meta.created_ms,
+            incarnation: meta.incarnation,
+            origin: meta.origin,
+            log,
+            intake: IntakeStats::default(),
+            delivery: stats,
+            dir,
+            gate: tokio::sync::RwLock::new(true),
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
+        };
+        self.streams
+            .write()
+            .unwrap()
+            .insert(stream.spec.name.clone(), Arc::new(stream));
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams.read().unwrap().get(name).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Stream>> {
+        self.streams.read().unwrap().values().cloned().collect()
+    }
+
+    /// CreateDeliveryStream.
+    pub async fn create(&self, request: Value) -> Result<Arc<Stream>, ApiError> {
+        let spec = spec::parse(&request)?;
+        let _admin = self.admin.lock().await;
+        if self.get(&spec.name).is_some() {
+            return Err(ApiError::in_use(format!(
+                "Delivery stream {} already exists",
+                spec.name
+            )));
+        }
+        let meta = Meta {
+            request,
+            created_ms: now_ms(),
+            incarnation: uuid::Uuid::new_v4(),
+            origin: Origin::Api,
+        };
+        let name = spec.name.clone();
+        let dir = self.data_dir.join("streams").join(&name);
+        self.create_dir(&name, &meta)
+            .and_then(|_| self.start(spec, meta, dir))
+            .map_err(|e| ApiError::internal(format!("creating delivery stream {name}: {e:#}")))?;
+        Ok(self.get(&name).expect("just started"))
+    }
+
+    /// DeleteDeliveryStream: delivers what was acknowledged, then removes the
+    /// stream and its log. Objects already in the lake stay.
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let _admin = self.admin.lock().await;
+        let stream = self
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("Delivery stream {name} not found")))?;
+        if stream.origin == Origin::Config {
+            return Err(ApiError::invalid_argument(format!(
+                "Delivery stream {name} is declared in the config file; remove it there and restart"
+            )));
+        }
+        stream.close().await;
+        self.streams.write().unwrap().remove(name);
+        let tomb = self
+            .data_dir
+            .join("streams")
+            .join(format!(".deleted-{name}-{}", uuid::Uuid::new_v4()));
+        std::fs::rename(&stream.dir, &tomb)
+            .and_then(|_| std::fs::remove_dir_all(&tomb))
+            .map_err(|e| ApiError::internal(format!("removing delivery stream {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// Closes every stream: no more puts, everything acknowledged delivered.
+    pub async fn shutdown(&self) {
+        let mut closing = tokio::task::JoinSet::new();
+        for s in self.list() {
+            closing.spawn(async move { s.close().await });
+        }
+        closing.join_all().await;
+    }
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> anyhow::Result<()> {
+    let tmp = dir.join("stream.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(meta)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("stream.json"))?;
+    crate::log::sync_dir(dir)?;
+    Ok(())
+}
