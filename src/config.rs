@@ -46,6 +46,10 @@ pub struct Config {
     /// request. They are created at start, or updated if they exist.
     #[serde(default)]
     pub delivery_streams: Vec<serde_json::Value>,
+    /// Continuous aggregates, by the name of the stream whose records feed
+    /// them. Each entry is documented in `src/analytics/mod.rs`.
+    #[serde(default)]
+    pub aggregates: std::collections::BTreeMap<String, Vec<crate::analytics::AggregateConfig>>,
 }
 
 #[derive(Debug, Deserialize)]

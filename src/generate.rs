@@ -24,7 +24,42 @@ pub fn chat_event(rng: &mut impl Rng) -> Vec<u8> {
     .into_bytes()
 }
 
+pub const SOURCES: [&str; 5] = ["web", "ios", "android", "partner", "email"];
+
+/// A purchase: where the revenue came from and how much.
+/// `{"event_time", "order_id", "source", "amount", "currency", "user"}`.
+pub fn purchase_event(rng: &mut impl Rng) -> Vec<u8> {
+    let now = chrono::Utc::now().naive_utc();
+    // Sources differ in volume and basket size, so the chart has a shape.
+    let source = SOURCES[[0, 0, 0, 1, 1, 2, 2, 3, 4][rng.random_range(0..9)]];
+    let scale = match source {
+        "partner" => 180.0,
+        "web" => 60.0,
+        _ => 35.0,
+    };
+    let amount = ((5.0 + rng.random::<f64>() * scale) * 100.0).round() / 100.0;
+    serde_json::json!({
+        "event_time": now.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        "order_id": format!("o-{:016x}", rng.random::<u64>()),
+        "source": source,
+        "amount": amount,
+        "currency": "EUR",
+        "user": rng.random_range(0..=100),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The tutorial's chat events: JOIN, LEAVE, OPEN_CHAT, SUBSCRIBE, SEND_MESSAGE.
+    Chat,
+    /// Purchases with a source (web, ios, android, partner, email) and an amount.
+    Revenue,
+}
+
 pub struct GenerateOptions {
+    pub scenario: Scenario,
     pub endpoint: String,
     pub stream: String,
     /// Records per second; 0 = as fast as the server takes them.
@@ -57,7 +92,10 @@ pub async fn run(opts: GenerateOptions) -> anyhow::Result<u64> {
             (opts.count - sent).min(opts.batch as u64)
         };
         while (pending.len() as u64) < want {
-            pending.push(chat_event(&mut rng));
+            pending.push(match opts.scenario {
+                Scenario::Chat => chat_event(&mut rng),
+                Scenario::Revenue => purchase_event(&mut rng),
+            });
         }
         let result = if opts.batch == 1 {
             client
@@ -141,5 +179,21 @@ mod tests {
             assert!(v["user"].as_u64().unwrap() <= 100);
             assert_eq!(v.as_object().unwrap().len(), 3);
         }
+    }
+
+    #[test]
+    fn purchases_have_a_source_and_an_amount() {
+        let mut rng = rand::rng();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let v: serde_json::Value = serde_json::from_slice(&purchase_event(&mut rng)).unwrap();
+            let source = v["source"].as_str().unwrap();
+            assert!(SOURCES.contains(&source));
+            seen.insert(source.to_string());
+            let amount = v["amount"].as_f64().unwrap();
+            assert!((5.0..=185.0).contains(&amount), "{amount}");
+            assert_eq!((amount * 100.0).round() / 100.0, amount);
+        }
+        assert_eq!(seen.len(), SOURCES.len(), "every source shows up");
     }
 }

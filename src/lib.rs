@@ -11,13 +11,16 @@
 //! and delivery together, `config` is the config file, `server` runs it all,
 //! and `client`, `generate` and `bench` are the producer side.
 
+pub mod analytics;
 pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod generate;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod spec;
 pub mod stream;

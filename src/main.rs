@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use hydrant::config::{Config, DEFAULT_LISTEN};
+use hydrant::generate::{GenerateOptions, Scenario};
 use hydrant::server::{self, ServerOptions};
 
 #[derive(Parser)]
@@ -62,6 +63,9 @@ enum Command {
         /// Records per request: 1 uses PutRecord, 2-500 PutRecordBatch.
         #[arg(long, default_value_t = 100)]
         batch: usize,
+        /// Which events to send.
+        #[arg(long, value_enum, default_value = "chat")]
+        scenario: Scenario,
     },
     /// Load-test a Firehose endpoint (or a hydrant it starts) with PutRecordBatch.
     Bench {
@@ -120,7 +124,9 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 count,
                 batch,
-            } => hydrant::generate::run(hydrant::generate::GenerateOptions {
+                scenario,
+            } => hydrant::generate::run(GenerateOptions {
+                scenario,
                 endpoint,
                 stream,
                 rate,
@@ -188,29 +194,56 @@ async fn serve(
     running.finish().await
 }
 
-/// The tutorial's stream as the demo runs it: the CloudFormation stream,
-/// with a 10-second interval so files appear while you watch, and a newline
-/// after each record so the files are JSON lines.
-fn demo_stream() -> serde_json::Value {
-    serde_json::json!({
-        "DeliveryStreamName": "my-event-staging",
-        "DeliveryStreamType": "DirectPut",
-        "ExtendedS3DestinationConfiguration": {
-            "RoleARN": "arn:aws:iam::000000000000:role/firehose-demo",
-            "BucketARN": "arn:aws:s3:::data.staging.aws",
-            "Prefix": "events/my-event-staging/",
-            "BufferingHints": { "IntervalInSeconds": 10, "SizeInMBs": 30 },
-            "CompressionFormat": "UNCOMPRESSED",
-            "ProcessingConfiguration": { "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord" }] }
-        }
-    })
-}
+/// The demo's config: the tutorial's stream (the CloudFormation one, with a
+/// 10-second interval so files appear while you watch, and a newline after
+/// each record so the files are JSON lines), a revenue stream, and the
+/// aggregates the dashboard charts. Closed revenue windows land in the lake
+/// through a stream of their own.
+const DEMO_CONFIG: &str = r#"
+delivery_streams:
+  - DeliveryStreamName: my-event-staging
+    DeliveryStreamType: DirectPut
+    ExtendedS3DestinationConfiguration:
+      RoleARN: arn:aws:iam::000000000000:role/firehose-demo
+      BucketARN: arn:aws:s3:::data.staging.aws
+      Prefix: events/my-event-staging/
+      BufferingHints: { IntervalInSeconds: 10, SizeInMBs: 30 }
+      CompressionFormat: UNCOMPRESSED
+      ProcessingConfiguration: { Enabled: true, Processors: [ { Type: AppendDelimiterToRecord } ] }
+  - DeliveryStreamName: revenue
+    ExtendedS3DestinationConfiguration:
+      RoleARN: arn:aws:iam::000000000000:role/firehose-demo
+      BucketARN: arn:aws:s3:::data.staging.aws
+      Prefix: events/revenue/
+      BufferingHints: { IntervalInSeconds: 10, SizeInMBs: 30 }
+      ProcessingConfiguration: { Enabled: true, Processors: [ { Type: AppendDelimiterToRecord } ] }
+  - DeliveryStreamName: revenue-by-minute
+    ExtendedS3DestinationConfiguration:
+      RoleARN: arn:aws:iam::000000000000:role/firehose-demo
+      BucketARN: arn:aws:s3:::data.staging.aws
+      Prefix: aggregates/revenue-by-minute/
+      BufferingHints: { IntervalInSeconds: 60, SizeInMBs: 5 }
+      ProcessingConfiguration: { Enabled: true, Processors: [ { Type: AppendDelimiterToRecord } ] }
+aggregates:
+  my-event-staging:
+    - name: events_per_minute
+      window: { type: tumbling, size_seconds: 60 }
+      time: { field: event_time, format: iso8601 }
+      allowed_lateness_seconds: 5
+      group_by: [event_name]
+      measures: [ { op: count }, { op: approx_distinct, field: user } ]
+  revenue:
+    - name: revenue_per_minute
+      window: { type: tumbling, size_seconds: 60 }
+      time: { field: event_time, format: iso8601 }
+      allowed_lateness_seconds: 5
+      group_by: [source]
+      measures: [ { op: sum, field: amount, name: revenue }, { op: count, name: orders }, { op: avg, field: amount, name: avg_order } ]
+      output_stream: revenue-by-minute
+"#;
 
 async fn demo(listen: String, data_dir: PathBuf, rate: u64, count: u64) -> anyhow::Result<()> {
-    let config = Config {
-        delivery_streams: vec![demo_stream()],
-        ..Config::default()
-    };
+    let config = Config::parse(std::path::Path::new("<demo>"), DEMO_CONFIG)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = server::start(
         ServerOptions {
@@ -224,36 +257,50 @@ async fn demo(listen: String, data_dir: PathBuf, rate: u64, count: u64) -> anyho
     )
     .await?;
     let endpoint = format!("http://{}", running.addr);
-    let lake = running
-        .app
-        .registry
-        .lake()
-        .join("data.staging.aws/events/my-event-staging");
+    let lake = running.app.registry.lake().join("data.staging.aws");
     println!("hydrant demo");
+    println!("  dashboard      {endpoint}/-/");
     println!("  Firehose API   {endpoint}/   (boto3: endpoint_url=\"{endpoint}\")");
-    println!("  stream         my-event-staging (objects every 10 s or 30 MB)");
-    println!("  lake           {}/YYYY/MM/DD/HH/", lake.display());
-    println!("  stream status  {endpoint}/-/streams");
-    println!("  sending {rate} events/s; Ctrl-C stops, delivers what is buffered, and exits");
-    let producer = hydrant::generate::run(hydrant::generate::GenerateOptions {
-        endpoint,
-        stream: "my-event-staging".into(),
-        rate,
-        count,
-        batch: 50.min(rate.max(1) as usize),
-        progress: true,
-    });
+    println!(
+        "  streams        my-event-staging (chat events), revenue (purchases); objects every 10 s"
+    );
+    println!(
+        "  lake           {}/events/my-event-staging/YYYY/MM/DD/HH/",
+        lake.display()
+    );
+    println!("  metrics        {endpoint}/-/metrics");
+    println!("  sending {rate} chat events/s and {} purchases/s; Ctrl-C stops, delivers what is buffered, and exits", (rate / 10).max(1));
+    let producer = |stream: &str, scenario, rate: u64, count: u64, progress| {
+        hydrant::generate::run(GenerateOptions {
+            scenario,
+            endpoint: endpoint.clone(),
+            stream: stream.into(),
+            rate,
+            count,
+            batch: 50.min(rate.max(1) as usize),
+            progress,
+        })
+    };
+    let chat = producer("my-event-staging", Scenario::Chat, rate, count, true);
+    let revenue = producer(
+        "revenue",
+        Scenario::Revenue,
+        (rate / 10).max(1),
+        count / 10,
+        false,
+    );
     tokio::select! {
-        r = producer => { r.context("the demo producer")?; }
+        r = async { tokio::try_join!(chat, revenue) } => { r.context("the demo producers")?; }
         _ = server::signal() => {}
     }
     eprintln!();
     let _ = stop_tx.send(());
     running.finish().await?;
+    let events = lake.join("events/my-event-staging");
     let mut files = Vec::new();
-    collect_files(&lake, &mut files);
+    collect_files(&events, &mut files);
     files.sort();
-    println!("{} objects in {}", files.len(), lake.display());
+    println!("{} objects in {}", files.len(), events.display());
     for f in files.iter().rev().take(5).rev() {
         println!("  {}", f.display());
     }

@@ -49,8 +49,10 @@ pub async fn start(
         opts.config.delivery_streams,
     )
     .await?;
+    let analytics = crate::analytics::live::start(&registry, opts.config.aggregates)?;
     let app = Arc::new(App {
         registry,
+        analytics,
         ready: true.into(),
     });
     let router = api::router(app.clone());

@@ -513,7 +513,7 @@ mod tests {
         ),
         (
             "/DeliveryStreamName",
-            r#"".."#,
+            r#""..""#,
             "ValidationException",
             "deliveryStreamName",
         ),

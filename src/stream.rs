@@ -80,9 +80,9 @@ pub enum PutError {
 }
 
 impl Stream {
-    pub fn arn(&self) -> String {
+    pub fn arn(&self, region: &str) -> String {
         format!(
-            "arn:aws:firehose:us-east-1:000000000000:deliverystream/{}",
+            "arn:aws:firehose:{region}:000000000000:deliverystream/{}",
             self.spec.name
         )
     }
@@ -116,6 +116,16 @@ impl Stream {
         let task = self.task.lock().unwrap().take();
         if let Some(t) = task {
             let _ = t.await;
+        }
+    }
+
+    /// Age of the oldest record not yet in the lake (0 when caught up).
+    pub fn lag_seconds(&self, now_ms: i64) -> f64 {
+        let oldest = self.delivery.oldest_pending_ms.load(Ordering::Relaxed);
+        if oldest > 0 && self.lag_records() > 0 {
+            (now_ms - oldest).max(0) as f64 / 1000.0
+        } else {
+            0.0
         }
     }
 

@@ -19,12 +19,12 @@ pub const MAX_RECORD_BYTES: usize = 1_024_000;
 pub const MAX_BATCH_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
-pub async fn dispatch(app: &App, op: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn dispatch(app: &App, op: &str, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
     match op {
         "PutRecordBatch" => put_record_batch(app, body).await,
         "PutRecord" => put_record(app, body).await,
-        "CreateDeliveryStream" => create(app, body).await,
-        "DescribeDeliveryStream" => describe(app, body),
+        "CreateDeliveryStream" => create(app, body, region).await,
+        "DescribeDeliveryStream" => describe(app, body, region),
         "ListDeliveryStreams" => list(app, body),
         "DeleteDeliveryStream" => delete(app, body).await,
         "UpdateDestination"
@@ -108,21 +108,35 @@ struct PutRecordBatchIn<'a> {
     records: Option<Vec<RecordIn<'a>>>,
 }
 
-/// Decodes one record's base64 into `frames`; returns its decoded size.
-fn frame(frames: &mut Frames, arrival: i64, i: usize, r: &RecordIn) -> Result<usize, ApiError> {
+/// Which record a message is about: PutRecord's one, or one of a batch.
+#[derive(Clone, Copy)]
+enum Field {
+    Record,
+    Batch(usize),
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::Record => write!(f, "Record.Data"),
+            Field::Batch(i) => write!(f, "Records[{i}].Data"),
+        }
+    }
+}
+
+/// Decodes one record's base64 straight into `frames` (no intermediate
+/// copy) and returns its decoded size. A record over the limit is measured
+/// and left out; the caller reports it.
+fn frame(frames: &mut Frames, arrival: i64, field: Field, r: &RecordIn) -> Result<usize, ApiError> {
     let data = r
         .data
         .as_deref()
-        .ok_or_else(|| ApiError::validation(format!("Records[{i}].Data is required")))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| {
-            ApiError::serialization(format!("Records[{i}].Data is not valid base64: {e}"))
-        })?;
-    if decoded.len() <= MAX_RECORD_BYTES {
-        frames.push(arrival, &decoded);
-    }
-    Ok(decoded.len())
+        .ok_or_else(|| ApiError::validation(format!("{field} is required")))?;
+    frames
+        .push_with(arrival, MAX_RECORD_BYTES, |buf| {
+            base64::engine::general_purpose::STANDARD.decode_vec(data, buf)
+        })
+        .map_err(|e| ApiError::serialization(format!("{field} is not valid base64: {e}")))
 }
 
 fn too_big(size: usize) -> String {
@@ -134,7 +148,7 @@ async fn put_record(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let stream = stream(app, req.name)?;
     let record = required(req.record, "Record")?;
     let mut frames = Frames::default();
-    let size = frame(&mut frames, now_ms(), 0, &record)?;
+    let size = frame(&mut frames, now_ms(), Field::Record, &record)?;
     if size > MAX_RECORD_BYTES {
         stream
             .intake
@@ -171,7 +185,7 @@ async fn put_record_batch(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let mut sizes = Vec::with_capacity(records.len());
     let mut total = 0;
     for (i, r) in records.iter().enumerate() {
-        let size = frame(&mut frames, arrival, i, r)?;
+        let size = frame(&mut frames, arrival, Field::Batch(i), r)?;
         total += size;
         sizes.push(size);
     }
@@ -221,13 +235,13 @@ async fn put_record_batch(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(out.into_bytes())
 }
 
-async fn create(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+async fn create(app: &App, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
     let request: Value = parse_owned(body)?;
     if !request.is_object() {
         return Err(ApiError::serialization("the request must be a JSON object"));
     }
     let stream = app.registry.create(request).await?;
-    Ok(json!({ "DeliveryStreamARN": stream.arn() })
+    Ok(json!({ "DeliveryStreamARN": stream.arn(region) })
         .to_string()
         .into_bytes())
 }
@@ -242,7 +256,7 @@ struct DescribeIn {
 
 const DESTINATION_ID: &str = "destinationId-000000000001";
 
-fn describe(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+fn describe(app: &App, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
     let req: DescribeIn = parse_owned(body)?;
     let stream = stream(app, req.delivery_stream_name)?;
     if let Some(l) = req.limit {
@@ -289,7 +303,7 @@ fn describe(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(json!({
         "DeliveryStreamDescription": {
             "DeliveryStreamName": s.name,
-            "DeliveryStreamARN": stream.arn(),
+            "DeliveryStreamARN": stream.arn(region),
             "DeliveryStreamStatus": "ACTIVE",
             "DeliveryStreamEncryptionConfiguration": { "Status": "DISABLED" },
             "DeliveryStreamType": "DirectPut",

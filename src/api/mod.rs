@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::analytics::live::Analytics;
+use crate::dashboard;
 use crate::stream::Registry;
 
 /// The largest request body taken: PutRecordBatch's 4 MiB of data, base64
@@ -30,6 +32,7 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 pub struct App {
     pub registry: Registry,
+    pub analytics: Arc<Analytics>,
     pub ready: AtomicBool,
 }
 
@@ -39,6 +42,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/-/ready", get(ready))
         .route("/-/healthy", get(|| async { "ok\n" }))
         .route("/-/streams", get(streams))
+        .route("/-/metrics", get(metrics))
+        .route("/-/api/aggregates", get(aggregates))
+        .route("/-/api/live", get(live))
+        .route("/-/", get(dashboard::index))
+        .route("/-/assets/app.js", get(dashboard::app_js))
+        .route("/-/assets/app.css", get(dashboard::app_css))
         .fallback(|| async {
             ApiError::unknown_operation("no such endpoint: AWS APIs are POST / with X-Amz-Target; hydrant's own are under /-/")
         })
@@ -54,7 +63,7 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 }
 
 /// A summary of every stream, for people and dashboards.
-async fn streams(State(app): State<Arc<App>>) -> Response {
+fn streams_json(app: &App) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
     let now = chrono::Utc::now().timestamp_millis();
     let list: Vec<_> = app
@@ -62,7 +71,6 @@ async fn streams(State(app): State<Arc<App>>) -> Response {
         .list()
         .iter()
         .map(|s| {
-            let oldest = s.delivery.oldest_pending_ms.load(Relaxed);
             serde_json::json!({
                 "name": s.spec.name,
                 "bucket": s.spec.bucket,
@@ -74,12 +82,53 @@ async fn streams(State(app): State<Arc<App>>) -> Response {
                 "bytes_delivered": s.delivery.bytes.load(Relaxed),
                 "delivery_failures": s.delivery.failures.load(Relaxed),
                 "lag_records": s.lag_records(),
-                "lag_seconds": if oldest > 0 && s.lag_records() > 0 { (now - oldest) as f64 / 1000.0 } else { 0.0 },
+                "lag_seconds": s.lag_seconds(now),
                 "log_bytes": s.log.bytes_on_disk(),
             })
         })
         .collect();
-    axum::Json(serde_json::json!({ "streams": list })).into_response()
+    serde_json::json!({ "streams": list, "time_ms": now })
+}
+
+async fn streams(State(app): State<Arc<App>>) -> Response {
+    axum::Json(streams_json(&app)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let body = crate::metrics::render(&app.registry.list(), &app.analytics.metrics());
+    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn aggregates(State(app): State<Arc<App>>) -> Response {
+    axum::Json(app.analytics.snapshot()).into_response()
+}
+
+/// Server-Sent Events: `stats` once a second (and at once on connect),
+/// `windows` whenever an aggregate's windows change or close.
+async fn live(State(app): State<Arc<App>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = app.analytics.updates.subscribe();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures_util::stream::unfold(
+        (app, rx, tick),
+        |(app, mut rx, mut tick)| async move {
+            let event = tokio::select! {
+                _ = tick.tick() => Event::default().event("stats").data(streams_json(&app).to_string()),
+                msg = rx.recv() => match msg {
+                    Ok(doc) => Event::default().event("windows").data(&*doc),
+                    // A slow reader missed updates: tell it to refetch the snapshot.
+                    Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            Some((Ok::<_, std::convert::Infallible>(event), (app, rx, tick)))
+        },
+    );
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn aws(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -125,11 +174,24 @@ async fn handle(app: &App, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, A
     }
     let body = read_body(body).await?;
     match service {
-        "Firehose_20150804" => firehose::dispatch(app, op, &body).await,
+        "Firehose_20150804" => firehose::dispatch(app, op, &body, region(headers)).await,
         _ => Err(ApiError::unknown_operation(format!(
             "hydrant does not serve {service}; it serves Firehose_20150804"
         ))),
     }
+}
+
+/// The region the client signed for (SigV4's credential scope,
+/// `Credential=KEY/DATE/REGION/SERVICE/aws4_request`), so ARNs name the region
+/// the client thinks it is talking to. Unsigned requests get us-east-1.
+fn region(headers: &HeaderMap) -> &str {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .unwrap_or("us-east-1")
 }
 
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {

@@ -131,6 +131,34 @@ impl Frames {
         self.count += 1;
     }
 
+    /// Frames a record that `fill` appends to the buffer (for example while
+    /// decoding it), saving a copy. Returns the record's size; a record over
+    /// `max` bytes is measured and dropped again, not framed.
+    pub fn push_with<E>(
+        &mut self,
+        arrival_ms: i64,
+        max: usize,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 8]);
+        self.buf.extend_from_slice(&arrival_ms.to_le_bytes());
+        if let Err(e) = fill(&mut self.buf) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        let len = self.buf.len() - start - FRAME_HEADER;
+        if len > max {
+            self.buf.truncate(start);
+            return Ok(len);
+        }
+        let crc = crc32c::crc32c(&self.buf[start + 8..]);
+        self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.count += 1;
+        Ok(len)
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -156,6 +184,7 @@ struct Shared {
     dir: PathBuf,
     bytes_on_disk: AtomicU64,
     poisoned: AtomicBool,
+    fsync: crate::metrics::Histogram,
 }
 
 /// A handle to one stream's log. Cheap to clone.
@@ -271,6 +300,7 @@ impl Log {
             dir: dir.to_path_buf(),
             bytes_on_disk: AtomicU64::new(on_disk),
             poisoned: AtomicBool::new(false),
+            fsync: Default::default(),
         });
         let (tail_tx, tail) = watch::channel(Tail { next_offset });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -317,6 +347,19 @@ impl Log {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    pub fn fsync_histogram(&self) -> &crate::metrics::Histogram {
+        &self.shared.fsync
+    }
+
+    /// The offset of the oldest record still on disk.
+    pub fn first_offset(&self) -> Result<u64, LogError> {
+        let bases = segments(&self.shared.dir)?;
+        Ok(bases
+            .first()
+            .copied()
+            .unwrap_or(self.tail.borrow().next_offset))
     }
 
     /// Deletes every segment whose records all lie below `offset`.
@@ -405,7 +448,10 @@ impl Writer {
         if done.is_empty() {
             return;
         }
-        if let Err(e) = self.file.sync_data() {
+        let started = std::time::Instant::now();
+        let synced = self.file.sync_data();
+        self.shared.fsync.observe(started.elapsed());
+        if let Err(e) = synced {
             tracing::error!(dir = %self.shared.dir.display(), error = %e, "log fsync failed; refusing further writes");
             self.shared.poisoned.store(true, Ordering::Relaxed);
             for (a, _) in done {

@@ -1,0 +1,468 @@
+//! The running state of one aggregate: open windows, closed results, watermark, counters.
+
+use std::collections::{hash_map, BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::time::{self, format_iso8601};
+use super::window::{Cell, Input};
+use super::{lookup, AggregateConfig, ConfigError, Plan, TimeSource, WindowKind};
+
+/// What happened to one ingested record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Added to every still-open window it belongs to.
+    Added,
+    /// All its windows had closed; counted in `late_count`, not added.
+    Late,
+    /// Its group did not fit in at least one window (`max_groups`); counted in `overflow_count`.
+    Overflow,
+    /// Not added anywhere; counted under the reason in `invalid_counts`.
+    Invalid(InvalidReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InvalidReason {
+    NotJsonObject,
+    MissingTime,
+    BadTime,
+    NonNumericMeasure,
+}
+
+impl InvalidReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotJsonObject => "not_json_object",
+            Self::MissingTime => "missing_time",
+            Self::BadTime => "bad_time",
+            Self::NonNumericMeasure => "non_numeric_measure",
+        }
+    }
+}
+
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The measures of one group in one window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowResult {
+    pub aggregate: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// `start_ms` as ISO-8601 UTC, e.g. `2026-11-24T13:05:00.000Z`.
+    pub start: String,
+    pub end: String,
+    /// Group-by output name → value (null when the record lacked it).
+    pub group: Map<String, Value>,
+    pub measures: Map<String, Value>,
+    /// False while records can still change it.
+    pub closed: bool,
+}
+
+impl WindowResult {
+    /// A flat JSON object (`window_start`, `window_end`, group values, measures) suitable for
+    /// appending to another stream. Config validation keeps these names from colliding.
+    pub fn to_json_record(&self) -> Vec<u8> {
+        let mut obj = Map::new();
+        obj.insert("window_start".into(), self.start.clone().into());
+        obj.insert("window_end".into(), self.end.clone().into());
+        obj.extend(self.group.clone());
+        obj.extend(self.measures.clone());
+        Value::Object(obj).to_string().into_bytes()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub aggregate: String,
+    /// None until the first record (field time) or `advance` (arrival time).
+    pub watermark_ms: Option<i64>,
+    pub watermark: Option<String>,
+    pub late_count: u64,
+    pub overflow_count: u64,
+    /// Invalid records by reason (`not_json_object`, `missing_time`, `bad_time`, ...).
+    pub invalid_counts: BTreeMap<String, u64>,
+    /// Open and retained closed windows, sorted by (start, group).
+    pub windows: Vec<WindowResult>,
+}
+
+/// A record reduced to what the windows need.
+struct Row {
+    t: i64,
+    /// Canonical JSON of the group values: a cheap, orderable map key.
+    key: String,
+    group: Vec<Value>,
+    inputs: Vec<Input>,
+}
+
+struct Session {
+    start: i64,
+    last: i64,
+    cell: Cell,
+}
+
+struct SessionGroup {
+    open: Vec<Session>,
+    /// End of this group's newest closed session: records before it would reopen closed state.
+    closed_until: i64,
+}
+
+pub struct Aggregator {
+    name: String,
+    plan: Plan,
+    watermark: Option<i64>,
+    /// Tumbling and hopping windows by start, then by group key.
+    fixed: BTreeMap<i64, HashMap<String, Cell>>,
+    sessions: HashMap<String, SessionGroup>,
+    /// (end, group key, start) of every open session, so closing need not scan all groups.
+    session_ends: BTreeSet<(i64, String, i64)>,
+    /// Retained closed results by (end, start, group key); ordered by end for pruning.
+    closed: BTreeMap<(i64, i64, String), WindowResult>,
+    /// Keys into `closed` not yet returned by `advance`.
+    pending: Vec<(i64, i64, String)>,
+    /// (start, end, group key) of windows changed since the last `take_updates`.
+    dirty: BTreeSet<(i64, i64, String)>,
+    late: u64,
+    overflow: u64,
+    invalid: BTreeMap<&'static str, u64>,
+}
+
+impl fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Aggregator")
+            .field("name", &self.name)
+            .field("watermark", &self.watermark)
+            .field(
+                "open_windows",
+                &(self.fixed.len() + self.session_ends.len()),
+            )
+            .field("closed_windows", &self.closed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aggregator {
+    pub fn new(cfg: AggregateConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            plan: cfg.compile()?,
+            name: cfg.name,
+            watermark: None,
+            fixed: BTreeMap::new(),
+            sessions: HashMap::new(),
+            session_ends: BTreeSet::new(),
+            closed: BTreeMap::new(),
+            pending: Vec::new(),
+            dirty: BTreeSet::new(),
+            late: 0,
+            overflow: 0,
+            invalid: BTreeMap::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Feeds one record that arrived at `arrival_ms` (ms since the epoch).
+    pub fn ingest(&mut self, record: &[u8], arrival_ms: i64) -> Ingested {
+        let row = match self.parse(record, arrival_ms) {
+            Ok(row) => row,
+            Err(reason) => {
+                *self.invalid.entry(reason.as_str()).or_default() += 1;
+                return Ingested::Invalid(reason);
+            }
+        };
+        let outcome = match self.plan.kind {
+            WindowKind::Fixed { size_ms, slide_ms } => self.add_fixed(&row, size_ms, slide_ms),
+            WindowKind::Session { gap_ms } => self.add_session(&row, gap_ms),
+        };
+        match outcome {
+            Ingested::Late => self.late += 1,
+            Ingested::Overflow => self.overflow += 1,
+            _ => {}
+        }
+        if let TimeSource::Field(..) = self.plan.time {
+            self.raise_watermark(row.t - self.plan.lateness_ms);
+        }
+        outcome
+    }
+
+    /// Moves processing time to `now_ms`: closes arrival-time windows, returns every window
+    /// closed since the last call (ordered by end, start, group), then prunes past the horizon.
+    pub fn advance(&mut self, now_ms: i64) -> Vec<WindowResult> {
+        if let TimeSource::Arrival = self.plan.time {
+            let now = now_ms.clamp(time::MIN_MS, time::MAX_MS);
+            self.raise_watermark(now - self.plan.lateness_ms);
+        }
+        let mut keys = std::mem::take(&mut self.pending);
+        keys.sort();
+        let closed: Vec<WindowResult> = keys
+            .iter()
+            .filter_map(|k| self.closed.get(k).cloned())
+            .collect();
+        if let Some(wm) = self.watermark {
+            let cutoff = wm - self.plan.horizon_ms;
+            self.closed = self
+                .closed
+                .split_off(&(cutoff + 1, i64::MIN, String::new()));
+            self.dirty.retain(|(_, end, _)| *end > cutoff);
+            if let WindowKind::Session { gap_ms } = self.plan.kind {
+                // A group with nothing open whose last session ended over a gap ago can only
+                // see late records, which the watermark alone already rejects.
+                self.sessions
+                    .retain(|_, g| !g.open.is_empty() || g.closed_until + gap_ms > wm);
+            }
+        }
+        closed
+    }
+
+    /// Every open window and every retained closed one, sorted by (start, group).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut rows: Vec<((i64, &str, i64), WindowResult)> = Vec::new();
+        if let WindowKind::Fixed { size_ms, .. } = self.plan.kind {
+            for (&start, window) in &self.fixed {
+                for (key, cell) in window {
+                    rows.push((
+                        (start, key, start + size_ms),
+                        self.render(start, start + size_ms, cell, false),
+                    ));
+                }
+            }
+        }
+        if let WindowKind::Session { gap_ms } = self.plan.kind {
+            for (key, group) in &self.sessions {
+                for s in &group.open {
+                    let end = s.last + gap_ms;
+                    rows.push((
+                        (s.start, key, end),
+                        self.render(s.start, end, &s.cell, false),
+                    ));
+                }
+            }
+        }
+        for ((end, start, key), r) in &self.closed {
+            rows.push(((*start, key, *end), r.clone()));
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            aggregate: self.name.clone(),
+            watermark_ms: self.watermark,
+            watermark: self.watermark.map(format_iso8601),
+            late_count: self.late,
+            overflow_count: self.overflow,
+            invalid_counts: self
+                .invalid
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            windows: rows.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+
+    /// Drains the windows that ingest changed since the last call, in their current state
+    /// (closed ones included, until pruned), sorted by (start, group).
+    pub fn take_updates(&mut self) -> Vec<WindowResult> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.iter().filter_map(|k| self.current(k)).collect()
+    }
+
+    fn parse(&self, record: &[u8], arrival_ms: i64) -> Result<Row, InvalidReason> {
+        let Ok(Value::Object(obj)) = serde_json::from_slice(record) else {
+            return Err(InvalidReason::NotJsonObject);
+        };
+        let t = match &self.plan.time {
+            TimeSource::Arrival => {
+                let t = time::in_range(arrival_ms).ok_or(InvalidReason::BadTime)?;
+                t.max(self.watermark.unwrap_or(i64::MIN))
+            }
+            TimeSource::Field(path, format) => match lookup(&obj, path) {
+                None | Some(Value::Null) => return Err(InvalidReason::MissingTime),
+                Some(v) => time::parse_value(v, *format).ok_or(InvalidReason::BadTime)?,
+            },
+        };
+        let group: Vec<Value> = self
+            .plan
+            .groups
+            .iter()
+            .map(|(_, p)| lookup(&obj, p).cloned().unwrap_or(Value::Null))
+            .collect();
+        let inputs = self
+            .plan
+            .measures
+            .iter()
+            .map(|m| m.input(&obj))
+            .collect::<Result<_, _>>()?;
+        Ok(Row {
+            t,
+            key: Value::Array(group.clone()).to_string(),
+            group,
+            inputs,
+        })
+    }
+
+    fn add_fixed(&mut self, row: &Row, size: i64, slide: i64) -> Ingested {
+        let wm = self.watermark.unwrap_or(i64::MIN);
+        let newest = row.t.div_euclid(slide) * slide;
+        // Starts descend, so ends do too: stop at the first window that misses t or has closed.
+        let starts: Vec<i64> = std::iter::successors(Some(newest), |s| Some(s - slide))
+            .take_while(|s| s + size > row.t && s + size > wm)
+            .collect();
+        if starts.is_empty() {
+            return Ingested::Late;
+        }
+        let mut outcome = Ingested::Added;
+        for start in starts {
+            let window = self.fixed.entry(start).or_default();
+            let full = window.len() >= self.plan.max_groups;
+            let cell = match window.entry(row.key.clone()) {
+                hash_map::Entry::Occupied(e) => e.into_mut(),
+                hash_map::Entry::Vacant(_) if full => {
+                    outcome = Ingested::Overflow;
+                    continue;
+                }
+                hash_map::Entry::Vacant(e) => {
+                    e.insert(Cell::new(row.group.clone(), &self.plan.measures))
+                }
+            };
+            cell.add(&row.inputs);
+            self.dirty.insert((start, start + size, row.key.clone()));
+        }
+        outcome
+    }
+
+    fn add_session(&mut self, row: &Row, gap: i64) -> Ingested {
+        let (t, key) = (row.t, &row.key);
+        let wm = self.watermark.unwrap_or(i64::MIN);
+        let closed_until = self.sessions.get(key).map_or(i64::MIN, |g| g.closed_until);
+        if t + gap <= wm || t < closed_until {
+            return Ingested::Late;
+        }
+        let touches = |s: &Session| s.start < t + gap && t < s.last + gap;
+        let group = self
+            .sessions
+            .entry(key.clone())
+            .or_insert_with(|| SessionGroup {
+                open: Vec::new(),
+                closed_until: i64::MIN,
+            });
+        if !group.open.iter().any(touches) && self.session_ends.len() >= self.plan.max_groups {
+            return Ingested::Overflow;
+        }
+        let (touching, rest): (Vec<Session>, Vec<Session>) = std::mem::take(&mut group.open)
+            .into_iter()
+            .partition(touches);
+        group.open = rest;
+        let mut merged = Session {
+            start: t,
+            last: t,
+            cell: Cell::new(row.group.clone(), &self.plan.measures),
+        };
+        for s in touching {
+            let end = s.last + gap;
+            self.session_ends.remove(&(end, key.clone(), s.start));
+            self.dirty.remove(&(s.start, end, key.clone()));
+            merged.start = merged.start.min(s.start);
+            merged.last = merged.last.max(s.last);
+            merged.cell.merge(&s.cell);
+        }
+        merged.cell.add(&row.inputs);
+        let end = merged.last + gap;
+        self.session_ends.insert((end, key.clone(), merged.start));
+        self.dirty.insert((merged.start, end, key.clone()));
+        group.open.push(merged);
+        Ingested::Added
+    }
+
+    fn raise_watermark(&mut self, wm: i64) {
+        if self.watermark >= Some(wm) {
+            return;
+        }
+        self.watermark = Some(wm);
+        match self.plan.kind {
+            WindowKind::Fixed { size_ms, .. } => {
+                while let Some(entry) = self.fixed.first_entry() {
+                    let start = *entry.key();
+                    if start + size_ms > wm {
+                        break;
+                    }
+                    for (key, cell) in entry.remove() {
+                        self.close(start, start + size_ms, key, &cell);
+                    }
+                }
+            }
+            WindowKind::Session { .. } => {
+                while let Some((end, key, start)) = self.session_ends.first().cloned() {
+                    if end > wm {
+                        break;
+                    }
+                    self.session_ends.pop_first();
+                    let Some(group) = self.sessions.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(i) = group.open.iter().position(|s| s.start == start) else {
+                        continue;
+                    };
+                    let session = group.open.swap_remove(i);
+                    group.closed_until = group.closed_until.max(end);
+                    self.close(start, end, key, &session.cell);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, start: i64, end: i64, key: String, cell: &Cell) {
+        let result = self.render(start, end, cell, true);
+        self.pending.push((end, start, key.clone()));
+        self.closed.insert((end, start, key), result);
+    }
+
+    /// The present state of a window, open or retained closed.
+    fn current(&self, (start, end, key): &(i64, i64, String)) -> Option<WindowResult> {
+        let open = match self.plan.kind {
+            WindowKind::Fixed { .. } => self.fixed.get(start).and_then(|w| w.get(key)),
+            WindowKind::Session { gap_ms } => self
+                .sessions
+                .get(key)
+                .and_then(|g| {
+                    g.open
+                        .iter()
+                        .find(|s| s.start == *start && s.last + gap_ms == *end)
+                })
+                .map(|s| &s.cell),
+        };
+        match open {
+            Some(cell) => Some(self.render(*start, *end, cell, false)),
+            None => self.closed.get(&(*end, *start, key.clone())).cloned(),
+        }
+    }
+
+    fn render(&self, start: i64, end: i64, cell: &Cell, closed: bool) -> WindowResult {
+        WindowResult {
+            aggregate: self.name.clone(),
+            start_ms: start,
+            end_ms: end,
+            start: format_iso8601(start),
+            end: format_iso8601(end),
+            group: self
+                .plan
+                .groups
+                .iter()
+                .map(|(n, _)| n.clone())
+                .zip(cell.group.iter().cloned())
+                .collect(),
+            measures: self
+                .plan
+                .measures
+                .iter()
+                .map(|m| m.name.clone())
+                .zip(cell.values())
+                .collect(),
+            closed,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics at `/-/metrics`, rendered from the counters the
+//! pipeline already keeps (intake, delivery, log), so there is one source of
+//! truth for the dashboard, `/-/streams` and Prometheus alike.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::stream::Stream;
+
+/// Upper bounds (seconds) of the fsync latency buckets.
+const FSYNC_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket latency histogram, cheap enough for every fsync.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; FSYNC_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = FSYNC_BUCKETS.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, n) in FSYNC_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Label value escaping per the text exposition format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
+    let mut out = String::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    type Get = fn(&Stream, i64) -> f64;
+    let series: [(&str, &str, &str, Get); 10] = [
+        (
+            "hydrant_records_in_total",
+            "counter",
+            "Records acknowledged (durable in the log).",
+            |s, _| s.intake.records.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_bytes_in_total",
+            "counter",
+            "Record bytes acknowledged.",
+            |s, _| s.intake.bytes.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_records_rejected_total",
+            "counter",
+            "Records refused at the front door because they exceed 1,000 KiB.",
+            |s, _| s.intake.rejected.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_objects_delivered_total",
+            "counter",
+            "Objects written to the lake.",
+            |s, _| s.delivery.objects.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_records_delivered_total",
+            "counter",
+            "Records written to the lake.",
+            |s, _| s.delivery.records.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_bytes_delivered_total",
+            "counter",
+            "Object bytes written to the lake (after compression).",
+            |s, _| s.delivery.bytes.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_delivery_failures_total",
+            "counter",
+            "Failed attempts to write an object (each is retried).",
+            |s, _| s.delivery.failures.load(Relaxed) as f64,
+        ),
+        (
+            "hydrant_delivery_lag_records",
+            "gauge",
+            "Records acknowledged but not yet in the lake.",
+            |s, _| s.lag_records() as f64,
+        ),
+        (
+            "hydrant_delivery_lag_seconds",
+            "gauge",
+            "Age of the oldest record not yet in the lake.",
+            |s, now| s.lag_seconds(now),
+        ),
+        (
+            "hydrant_log_bytes",
+            "gauge",
+            "Bytes of write-ahead log on disk.",
+            |s, _| s.log.bytes_on_disk() as f64,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in streams {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\"}} {}",
+                label(&s.spec.name),
+                get(s, now)
+            );
+        }
+    }
+    let name = "hydrant_log_fsync_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time one group commit's fdatasync took.\n# TYPE {name} histogram"
+    );
+    for s in streams {
+        s.log.fsync_histogram().render(
+            &mut out,
+            name,
+            &format!("stream=\"{}\"", label(&s.spec.name)),
+        );
+    }
+    out.push_str(extra);
+    out
+}
+
+/// Renders a labelled counter family (for analytics).
+pub fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: &[(Vec<(&str, &str)>, f64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in rows {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        let _ = writeln!(out, "{name}{{{}}} {v}", l.join(","));
+    }
+}
