@@ -40,7 +40,8 @@ RETRYABLE = (botocore.exceptions.HTTPClientError, botocore.exceptions.Connection
 
 def config_text(compression="UNCOMPRESSED"):
     s = stream_config(name=STREAM, bucket=BUCKET, prefix="events/", size_mb=1, interval=1, compression=compression)
-    return json.dumps({"delivery_streams": [s]})
+    # 1 MiB log segments, so segments roll and are removed while kills happen.
+    return json.dumps({"log": {"segment_mb": 1}, "delivery_streams": [s]})
 
 
 def payload(p, n, t, pad_len, compressible=False):
