@@ -1,21 +1,28 @@
 //! `hydrant bench`: a load harness over PutRecordBatch.
 //!
-//! It aims at any Firehose-compatible endpoint (`--endpoint`), or starts a
-//! hydrant of its own in a temporary directory as a separate process, so the
-//! server is measured apart from the load it is given. Each run keeps
-//! `--concurrency` requests in flight for `--duration-seconds` and reports
-//! durable records/s, MB/s of record data, acknowledgement latency
-//! percentiles, errors, and (for its own server) CPU seconds per GB.
+//! It aims at any Firehose-compatible endpoint (`--endpoint`), or starts
+//! hydrant as a separate process in a temporary directory, so the server is
+//! measured apart from the load it is given. Each run keeps `--concurrency`
+//! requests in flight for `--duration-seconds` and reports durable
+//! records/s, MB/s of record data, acknowledgement latency percentiles,
+//! errors and (for its own servers) CPU seconds per GB.
 //!
-//! Shared machines are noisy, so every run also measures a baseline on the
-//! same disk in the same moment: sequential 1 MiB appends with an fdatasync
-//! after each, the cost floor of any log that acknowledges only durable
-//! data. The summary gives medians over the runs and the ratio of hydrant's
-//! durable MB/s to that baseline.
+//! Shared machines are noisy, so figures are compared within one run:
+//!
+//! * every round first measures the disk: sequential 1 MiB appends with an
+//!   fdatasync after each, the floor cost of any log that acknowledges only
+//!   durable data; the summary gives hydrant's MB/s as a ratio of it;
+//! * `--aggregates 3` starts a second hydrant whose stream feeds three
+//!   continuous aggregates, alternates rounds between the two, and reports
+//!   the throughput ratio, plus the live-feed latency: a probe record is put
+//!   every 100 ms and timed from its acknowledgement to the window update
+//!   that carries it on `/-/api/live`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,8 +37,11 @@ pub struct BenchOptions {
     pub record_size: usize,
     pub duration: Duration,
     pub runs: usize,
+    /// Also measure a hydrant whose stream feeds this many aggregates (0-3).
+    pub aggregates: usize,
 }
 
+/// A hydrant process the bench started, removed with its data on drop.
 struct Own {
     child: Child,
     dir: PathBuf,
@@ -45,6 +55,14 @@ impl Drop for Own {
     }
 }
 
+struct Target {
+    label: String,
+    client: Firehose,
+    endpoint: String,
+    own: Option<Own>,
+    probes: bool,
+}
+
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
@@ -53,12 +71,43 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-async fn start_own() -> anyhow::Result<(Own, String)> {
+/// The aggregates a bench stream can feed: grouped count (by the probe
+/// marker, so probes show up as their own group), a sum, a distinct count.
+const AGGREGATES: [&str; 3] = [
+    "{ name: by_probe, window: { type: tumbling, size_seconds: 10 }, group_by: [probe], measures: [ { op: count } ] }",
+    "{ name: sum_by_worker, window: { type: tumbling, size_seconds: 10 }, group_by: [w], measures: [ { op: sum, field: i } ] }",
+    "{ name: distinct_i, window: { type: hopping, size_seconds: 60, slide_seconds: 10 }, measures: [ { op: approx_distinct, field: i } ] }",
+];
+
+fn bench_config(stream: &str, aggregates: usize) -> String {
+    let mut c = format!(
+        r#"delivery_streams:
+  - DeliveryStreamName: {stream}
+    ExtendedS3DestinationConfiguration:
+      RoleARN: arn:aws:iam::000000000000:role/bench
+      BucketARN: arn:aws:s3:::bench
+      BufferingHints: {{ SizeInMBs: 64, IntervalInSeconds: 60 }}
+      ProcessingConfiguration: {{ Enabled: true, Processors: [ {{ Type: AppendDelimiterToRecord }} ] }}
+"#
+    );
+    if aggregates > 0 {
+        c += &format!("aggregates:\n  {stream}:\n");
+        for a in &AGGREGATES[..aggregates] {
+            c += &format!("    - {a}\n");
+        }
+    }
+    c
+}
+
+async fn start_own(stream: &str, aggregates: usize) -> anyhow::Result<(Own, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let dir =
         std::env::current_dir()?.join(format!(".hydrant-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("bench.yaml");
+    std::fs::write(&config, bench_config(stream, aggregates))?;
     let child = Command::new(std::env::current_exe()?)
         .args([
             "serve",
@@ -66,7 +115,9 @@ async fn start_own() -> anyhow::Result<(Own, String)> {
             &format!("127.0.0.1:{port}"),
             "--data-dir",
         ])
-        .arg(&dir)
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .env("RUST_LOG", "warn")
@@ -95,7 +146,8 @@ struct RunResult {
     p999_ms: f64,
     errors: u64,
     cpu_s_per_gb: Option<f64>,
-    baseline_mb_per_s: f64,
+    /// Acknowledgement-to-live-feed latency of probe records, sorted (ms).
+    feed_ms: Vec<f64>,
 }
 
 /// Sequential 1 MiB appends, each followed by fdatasync, for `d`.
@@ -119,30 +171,75 @@ fn disk_baseline(dir: &Path, d: Duration) -> anyhow::Result<f64> {
     Ok(n as f64 * 1.048576 / secs)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i] as f64 / 1000.0
+    sorted[i]
 }
 
-async fn one_run(
-    opts: &BenchOptions,
-    client: &Firehose,
-    pid: Option<u32>,
-    baseline_dir: &Path,
-) -> anyhow::Result<RunResult> {
-    let baseline_dir = baseline_dir.to_path_buf();
-    let baseline =
-        tokio::task::spawn_blocking(move || disk_baseline(&baseline_dir, Duration::from_secs(2)))
-            .await??;
+/// Puts a probe record every 100 ms until `deadline` and times each from
+/// its acknowledgement to the live-feed event that carries its group.
+async fn probe_feed(t: &Target, stream: &str, deadline: Instant) -> anyhow::Result<Vec<f64>> {
+    let acked: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let seen: Arc<Mutex<Vec<f64>>> = Default::default();
+    let mut resp = reqwest::get(format!("{}/-/api/live", t.endpoint)).await?;
+    let (acked2, seen2) = (acked.clone(), seen.clone());
+    let reader = tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(nl) = buf.find('\n') {
+                let line: String = buf.drain(..=nl).collect();
+                let mut rest = line.as_str();
+                while let Some(i) = rest.find("\"probe\":\"") {
+                    rest = &rest[i + 9..];
+                    let id = &rest[..rest.find('"').unwrap_or(0)];
+                    if let Some(at) = acked2.lock().unwrap().remove(id) {
+                        seen2
+                            .lock()
+                            .unwrap()
+                            .push(at.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+        }
+    });
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let id = format!("p{n}");
+        n += 1;
+        let record = format!(r#"{{"probe":"{id}","w":-1,"i":0}}"#).into_bytes();
+        if t.client
+            .put_batch_body(batch_body(stream, &[record]))
+            .await
+            .is_ok_and(|f| f.is_empty())
+        {
+            acked.lock().unwrap().insert(id, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the last probes time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+    let lost = acked.lock().unwrap().len();
+    if lost > 0 {
+        eprintln!("  {lost} probes not seen on the live feed within 500 ms of the run's end");
+    }
+    let mut v = seen.lock().unwrap().clone();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(v)
+}
+
+async fn one_run(opts: &BenchOptions, t: &Target) -> anyhow::Result<RunResult> {
+    let pid = t.own.as_ref().map(|o| o.child.id());
     let cpu0 = pid.and_then(cpu_seconds);
     let start = Instant::now();
     let deadline = start + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..opts.concurrency {
-        let client = client.clone();
+        let client = t.client.clone();
         let records: Vec<Vec<u8>> = (0..opts.batch)
             .map(|i| {
                 let mut r = format!("{{\"w\":{w},\"i\":{i},\"pad\":\"").into_bytes();
@@ -159,7 +256,7 @@ async fn one_run(
                 let t = Instant::now();
                 match client.put_batch_body(body.clone()).await {
                     Ok(failed) => {
-                        lat.push(t.elapsed().as_micros() as u64);
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
                         ok += (records.len() - failed.len()) as u64;
                         ok_bytes += (bytes * (records.len() - failed.len()) / records.len()) as u64;
                         errors += failed.len() as u64;
@@ -173,7 +270,14 @@ async fn one_run(
             (lat, ok, ok_bytes, errors)
         });
     }
-    let (mut lat, mut ok, mut ok_bytes, mut errors) = (Vec::new(), 0, 0, 0);
+    let feed = async {
+        if t.probes {
+            probe_feed(t, &opts.stream, deadline).await
+        } else {
+            Ok(vec![])
+        }
+    };
+    let (feed_ms, mut lat, mut ok, mut ok_bytes, mut errors) = (feed.await?, Vec::new(), 0, 0, 0);
     while let Some(r) = tasks.join_next().await {
         let (l, o, b, e) = r?;
         lat.extend(l);
@@ -181,12 +285,17 @@ async fn one_run(
         ok_bytes += b;
         errors += e;
     }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = opts.duration.as_secs_f64().max(
+        start
+            .elapsed()
+            .as_secs_f64()
+            .min(opts.duration.as_secs_f64() + 1.0),
+    );
     let cpu = match (cpu0, pid.and_then(cpu_seconds)) {
         (Some(a), Some(b)) if ok_bytes > 0 => Some((b - a) / (ok_bytes as f64 / 1e9)),
         _ => None,
     };
-    lat.sort_unstable();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Ok(RunResult {
         records_per_s: ok as f64 / secs,
         mb_per_s: ok_bytes as f64 / 1e6 / secs,
@@ -195,7 +304,7 @@ async fn one_run(
         p999_ms: percentile(&lat, 0.999),
         errors,
         cpu_s_per_gb: cpu,
-        baseline_mb_per_s: baseline,
+        feed_ms,
     })
 }
 
@@ -213,48 +322,86 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+fn fmt_opt(v: f64, digits: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        "-".into()
+    }
+}
+
 pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
     anyhow::ensure!((1..=500).contains(&opts.batch), "--batch must be 1 to 500");
     anyhow::ensure!(
         opts.runs >= 1 && opts.concurrency >= 1,
         "--runs and --concurrency must be at least 1"
     );
-    let (own, endpoint) = match &opts.endpoint {
-        Some(e) => (None, e.clone()),
-        None => {
-            let (own, url) = start_own().await?;
-            (Some(own), url)
+    anyhow::ensure!(
+        opts.aggregates <= AGGREGATES.len(),
+        "--aggregates must be 0 to {}",
+        AGGREGATES.len()
+    );
+    anyhow::ensure!(
+        opts.aggregates == 0 || opts.endpoint.is_none(),
+        "--aggregates starts its own servers; it cannot be combined with --endpoint"
+    );
+    let mut targets = Vec::new();
+    match &opts.endpoint {
+        Some(e) => {
+            let client = Firehose::new(e);
+            if !client.stream_exists(&opts.stream).await? {
+                let request: serde_json::Value =
+                    serde_yaml_ng::from_str::<serde_json::Value>(&bench_config(&opts.stream, 0))?
+                        ["delivery_streams"][0]
+                        .clone();
+                client
+                    .create(&request)
+                    .await
+                    .context("creating the bench stream")?;
+            }
+            targets.push(Target {
+                label: e.clone(),
+                client,
+                endpoint: e.clone(),
+                own: None,
+                probes: false,
+            });
         }
-    };
-    let client = Firehose::new(&endpoint);
-    if !client.stream_exists(&opts.stream).await? {
-        client
-            .create(&serde_json::json!({
-                "DeliveryStreamName": opts.stream,
-                "DeliveryStreamType": "DirectPut",
-                "ExtendedS3DestinationConfiguration": {
-                    "RoleARN": "arn:aws:iam::000000000000:role/bench",
-                    "BucketARN": "arn:aws:s3:::bench",
-                    "BufferingHints": { "SizeInMBs": 64, "IntervalInSeconds": 60 },
-                    "CompressionFormat": "UNCOMPRESSED",
-                    "ProcessingConfiguration": { "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord" }] }
-                }
-            }))
-            .await
-            .context("creating the bench stream")?;
+        None => {
+            let mut variants = vec![0];
+            if opts.aggregates > 0 {
+                variants.push(opts.aggregates);
+            }
+            for n in variants {
+                let (own, url) = start_own(&opts.stream, n).await?;
+                let label = if n == 0 {
+                    "hydrant".into()
+                } else {
+                    format!("hydrant+{n} aggregates")
+                };
+                targets.push(Target {
+                    label,
+                    client: Firehose::new(&url),
+                    endpoint: url,
+                    own: Some(own),
+                    probes: n > 0,
+                });
+            }
+        }
     }
-    let pid = own.as_ref().map(|o| o.child.id());
-    let baseline_dir = own
+    let disk_dir = targets[0]
+        .own
         .as_ref()
         .map(|o| o.dir.clone())
         .unwrap_or(std::env::current_dir()?);
     println!(
-        "hydrant bench: {endpoint}, stream {}, {} in flight, {} records of {} bytes per PutRecordBatch, {} runs of {:?}",
+        "hydrant bench: stream {}, {} in flight, {} records of {} bytes per PutRecordBatch, {} runs of {:?}",
         opts.stream, opts.concurrency, opts.batch, opts.record_size, opts.runs, opts.duration
     );
     println!(
-        "{:>4} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>13} {:>7}",
+        "{:>4} {:<22} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>10}",
         "run",
+        "target",
         "records/s",
         "MB/s",
         "p50 ms",
@@ -263,45 +410,72 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         "errors",
         "CPU s/GB",
         "disk MB/s",
-        "ratio"
+        "feed p50"
     );
-    let mut results = Vec::new();
+    let mut results: Vec<Vec<RunResult>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut disk = Vec::new();
     for i in 0..opts.runs {
-        let r = one_run(&opts, &client, pid, &baseline_dir).await?;
-        println!(
-            "{:>4} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>10} {:>13.1} {:>7.2}",
-            i + 1,
-            r.records_per_s,
-            r.mb_per_s,
-            r.p50_ms,
-            r.p99_ms,
-            r.p999_ms,
-            r.errors,
-            r.cpu_s_per_gb
-                .map(|c| format!("{c:.1}"))
-                .unwrap_or("-".into()),
-            r.baseline_mb_per_s,
-            r.mb_per_s / r.baseline_mb_per_s
-        );
-        results.push(r);
+        let dir = disk_dir.clone();
+        let d = tokio::task::spawn_blocking(move || disk_baseline(&dir, Duration::from_secs(2)))
+            .await??;
+        disk.push(d);
+        for (t, out) in targets.iter().zip(results.iter_mut()) {
+            let r = one_run(&opts, t).await?;
+            println!(
+                "{:>4} {:<22} {:>11.0} {:>8.1} {:>8.2} {:>8.2} {:>9.2} {:>7} {:>9} {:>10.1} {:>10}",
+                i + 1,
+                t.label,
+                r.records_per_s,
+                r.mb_per_s,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.errors,
+                r.cpu_s_per_gb
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or("-".into()),
+                d,
+                fmt_opt(percentile(&r.feed_ms, 0.5), 1),
+            );
+            out.push(r);
+        }
     }
-    let m = |f: fn(&RunResult) -> f64| median(results.iter().map(f).collect());
-    println!(
-        "median: {:.0} records/s, {:.1} MB/s, ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, errors {}, CPU {} s/GB; \
-         baseline (1 MiB append + fdatasync) {:.1} MB/s; hydrant/baseline {:.2}",
-        m(|r| r.records_per_s),
-        m(|r| r.mb_per_s),
-        m(|r| r.p50_ms),
-        m(|r| r.p99_ms),
-        m(|r| r.p999_ms),
-        results.iter().map(|r| r.errors).sum::<u64>(),
-        {
-            let c = m(|r| r.cpu_s_per_gb.unwrap_or(f64::NAN));
-            if c.is_finite() { format!("{c:.1}") } else { "-".into() }
-        },
-        m(|r| r.baseline_mb_per_s),
-        m(|r| r.mb_per_s / r.baseline_mb_per_s),
-    );
-    drop(own);
+    let disk = median(disk);
+    let base = median(results[0].iter().map(|r| r.records_per_s).collect());
+    for (t, rs) in targets.iter().zip(&results) {
+        let m = |f: fn(&RunResult) -> f64| median(rs.iter().map(f).collect());
+        let mb = m(|r| r.mb_per_s);
+        let feed: Vec<f64> = {
+            let mut all: Vec<f64> = rs.iter().flat_map(|r| r.feed_ms.clone()).collect();
+            all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            all
+        };
+        println!(
+            "median {}: {:.0} records/s, {:.1} MB/s, ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, errors {}, CPU {} s/GB; \
+             {:.2} of the disk's fdatasync'd append rate ({:.1} MB/s){}{}",
+            t.label,
+            m(|r| r.records_per_s),
+            mb,
+            m(|r| r.p50_ms),
+            m(|r| r.p99_ms),
+            m(|r| r.p999_ms),
+            rs.iter().map(|r| r.errors).sum::<u64>(),
+            fmt_opt(m(|r| r.cpu_s_per_gb.unwrap_or(f64::NAN)), 1),
+            mb / disk,
+            disk,
+            if t.probes {
+                format!(
+                    "; throughput {:.2}x of plain hydrant; live feed latency p50 {} ms, p99 {} ms ({} probes)",
+                    m(|r| r.records_per_s) / base,
+                    fmt_opt(percentile(&feed, 0.5), 1),
+                    fmt_opt(percentile(&feed, 0.99), 1),
+                    feed.len()
+                )
+            } else {
+                String::new()
+            },
+            ""
+        );
+    }
     Ok(())
 }

@@ -87,6 +87,10 @@ enum Command {
         duration_seconds: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also measure a hydrant whose stream feeds this many aggregates
+        /// (0-3), and the latency from acknowledgement to the live feed.
+        #[arg(long, default_value_t = 0)]
+        aggregates: usize,
     },
 }
 
@@ -144,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                 record_size,
                 duration_seconds,
                 runs,
+                aggregates,
             } => {
                 hydrant::bench::run(hydrant::bench::BenchOptions {
                     endpoint,
@@ -153,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                     record_size,
                     duration: Duration::from_secs(duration_seconds),
                     runs,
+                    aggregates,
                 })
                 .await
             }

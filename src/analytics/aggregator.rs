@@ -170,7 +170,19 @@ impl Aggregator {
 
     /// Feeds one record that arrived at `arrival_ms` (ms since the epoch).
     pub fn ingest(&mut self, record: &[u8], arrival_ms: i64) -> Ingested {
-        let row = match self.parse(record, arrival_ms) {
+        match serde_json::from_slice(record) {
+            Ok(Value::Object(obj)) => self.ingest_object(Some(&obj), arrival_ms),
+            _ => self.ingest_object(None, arrival_ms),
+        }
+    }
+
+    /// Feeds a record already parsed (`None`: not a JSON object), so several
+    /// aggregates over one stream parse each record once.
+    pub fn ingest_object(&mut self, obj: Option<&Map<String, Value>>, arrival_ms: i64) -> Ingested {
+        let row = match obj
+            .ok_or(InvalidReason::NotJsonObject)
+            .and_then(|obj| self.parse(obj, arrival_ms))
+        {
             Ok(row) => row,
             Err(reason) => {
                 *self.invalid.entry(reason.as_str()).or_default() += 1;
@@ -271,16 +283,13 @@ impl Aggregator {
         dirty.iter().filter_map(|k| self.current(k)).collect()
     }
 
-    fn parse(&self, record: &[u8], arrival_ms: i64) -> Result<Row, InvalidReason> {
-        let Ok(Value::Object(obj)) = serde_json::from_slice(record) else {
-            return Err(InvalidReason::NotJsonObject);
-        };
+    fn parse(&self, obj: &Map<String, Value>, arrival_ms: i64) -> Result<Row, InvalidReason> {
         let t = match &self.plan.time {
             TimeSource::Arrival => {
                 let t = time::in_range(arrival_ms).ok_or(InvalidReason::BadTime)?;
                 t.max(self.watermark.unwrap_or(i64::MIN))
             }
-            TimeSource::Field(path, format) => match lookup(&obj, path) {
+            TimeSource::Field(path, format) => match lookup(obj, path) {
                 None | Some(Value::Null) => return Err(InvalidReason::MissingTime),
                 Some(v) => time::parse_value(v, *format).ok_or(InvalidReason::BadTime)?,
             },
@@ -289,13 +298,13 @@ impl Aggregator {
             .plan
             .groups
             .iter()
-            .map(|(_, p)| lookup(&obj, p).cloned().unwrap_or(Value::Null))
+            .map(|(_, p)| lookup(obj, p).cloned().unwrap_or(Value::Null))
             .collect();
         let inputs = self
             .plan
             .measures
             .iter()
-            .map(|m| m.input(&obj))
+            .map(|m| m.input(obj))
             .collect::<Result<_, _>>()?;
         Ok(Row {
             t,

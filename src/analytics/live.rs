@@ -253,8 +253,12 @@ async fn run(
         if !c.records.is_empty() {
             let mut aggs = sa.aggregators.lock().unwrap();
             for (arrival, s, e) in &c.records {
+                let parsed = match serde_json::from_slice(&c.data[*s..*e]) {
+                    Ok(serde_json::Value::Object(obj)) => Some(obj),
+                    _ => None,
+                };
                 for a in aggs.iter_mut() {
-                    a.ingest(&c.data[*s..*e], *arrival);
+                    a.ingest_object(parsed.as_ref(), *arrival);
                 }
             }
             sa.processed.fetch_add(c.records.len() as u64, Relaxed);

@@ -185,6 +185,33 @@ struct Shared {
     bytes_on_disk: AtomicU64,
     poisoned: AtomicBool,
     fsync: crate::metrics::Histogram,
+    /// Every record below this offset is delivered.
+    delivered: AtomicU64,
+    /// Delivery and the writer both remove segments; one at a time.
+    removal: std::sync::Mutex<()>,
+}
+
+impl Shared {
+    fn remove_before(&self, offset: u64) -> Result<(), LogError> {
+        let _one = self.removal.lock().unwrap();
+        let dir = &self.dir;
+        let bases = segments(dir)?;
+        let mut removed = false;
+        for pair in bases.windows(2) {
+            if pair[1] > offset {
+                break;
+            }
+            let path = dir.join(segment_name(pair[0]));
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            self.bytes_on_disk.fetch_sub(len, Ordering::Relaxed);
+            removed = true;
+        }
+        if removed {
+            sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A handle to one stream's log. Cheap to clone.
@@ -301,6 +328,8 @@ impl Log {
             bytes_on_disk: AtomicU64::new(on_disk),
             poisoned: AtomicBool::new(false),
             fsync: Default::default(),
+            delivered: AtomicU64::new(first_offset),
+            removal: Default::default(),
         });
         let (tail_tx, tail) = watch::channel(Tail { next_offset });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -362,25 +391,11 @@ impl Log {
             .unwrap_or(self.tail.borrow().next_offset))
     }
 
-    /// Deletes every segment whose records all lie below `offset`.
+    /// Deletes every segment whose records all lie below `offset`: delivery
+    /// calls this once everything below `offset` is in the lake.
     pub fn remove_before(&self, offset: u64) -> Result<(), LogError> {
-        let dir = &self.shared.dir;
-        let bases = segments(dir)?;
-        let mut removed = false;
-        for pair in bases.windows(2) {
-            if pair[1] > offset {
-                break;
-            }
-            let path = dir.join(segment_name(pair[0]));
-            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
-            self.shared.bytes_on_disk.fetch_sub(len, Ordering::Relaxed);
-            removed = true;
-        }
-        if removed {
-            sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
-        }
-        Ok(())
+        self.shared.delivered.fetch_max(offset, Ordering::Relaxed);
+        self.shared.remove_before(offset)
     }
 
     /// A reader positioned at `offset`.
@@ -468,16 +483,25 @@ impl Writer {
     }
 
     fn write(&mut self, frames: &Frames) -> Result<u64, LogError> {
-        let used = self.shared.bytes_on_disk.load(Ordering::Relaxed);
         let add = frames.bytes() as u64;
+        if self.len >= self.opts.segment_bytes {
+            self.roll()?;
+        }
+        let mut used = self.shared.bytes_on_disk.load(Ordering::Relaxed);
+        let delivered = self.shared.delivered.load(Ordering::Relaxed);
+        if used + add > self.opts.max_bytes && self.len > 0 && delivered >= self.next_offset {
+            // The bound is for undelivered records. Everything here is
+            // delivered, but delivery never removes the active segment:
+            // close it so it can go, or the log would stay full forever.
+            self.roll()?;
+            self.shared.remove_before(delivered)?;
+            used = self.shared.bytes_on_disk.load(Ordering::Relaxed);
+        }
         if used + add > self.opts.max_bytes {
             return Err(LogError::Full {
                 used,
                 max: self.opts.max_bytes,
             });
-        }
-        if self.len >= self.opts.segment_bytes {
-            self.roll()?;
         }
         if let Err(e) = self.file.write_all(&frames.buf) {
             // Cut the partial write off so the next frame starts where it should.
@@ -740,6 +764,30 @@ mod tests {
         let err = log.append(frames(&[&"b".repeat(60)])).await.unwrap_err();
         assert!(matches!(err, LogError::Full { .. }), "{err}");
         assert_eq!(read_all(&log, 0).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_log_frees_its_delivered_active_segment() {
+        let dir = tempdir();
+        let log = Log::open(
+            &dir,
+            0,
+            LogOptions {
+                segment_bytes: 1 << 20,
+                max_bytes: 200,
+            },
+        )
+        .unwrap();
+        log.append(frames(&[&"a".repeat(100)])).await.unwrap();
+        assert!(matches!(
+            log.append(frames(&[&"b".repeat(100)])).await,
+            Err(LogError::Full { .. })
+        ));
+        // Delivery catches up; the active segment is all that holds the space.
+        log.remove_before(1).unwrap();
+        assert_eq!(log.append(frames(&[&"c".repeat(100)])).await.unwrap(), 1);
+        let got: Vec<_> = read_all(&log, 1).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(got, [1]);
     }
 
     #[tokio::test]

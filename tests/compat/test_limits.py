@@ -123,7 +123,7 @@ def test_log_bound_lifts_once_delivery_catches_up(make_server, segment_mb, max_m
         except c.exceptions.ServiceUnavailableException:
             return False
 
-    wait_for(taken, timeout=10, interval=0.25, what=f"a put to be taken again after delivery caught up (log holds {sorted(p.stat().st_size for p in (server.data_dir / 'streams' / 'drains' / 'log').iterdir())})")
+    wait_for(taken, timeout=10, interval=0.25, what="a put to be taken again after every acknowledged record reached the lake")
     assert server.stop(signal.SIGTERM) == 0
     objs = lake_lines(server, "drains")
     assert Counter(line for obj in objs for line in obj) == Counter(acked + [later])
@@ -137,9 +137,12 @@ def mount_tmpfs(path, size):
     if os.geteuid() != 0:
         why = "not running as root"
     else:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
-        if r.returncode != 0:
-            why = f"mount -t tmpfs failed: {r.stderr.strip()}"
+        try:
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+            if r.returncode != 0:
+                why = f"mount -t tmpfs failed: {r.stderr.strip()}"
+        except FileNotFoundError:
+            why = "no mount command"
     if why:
         message = f"DISK-FULL TEST NOT RUN: needs to mount a small tmpfs ({why})"
         if os.environ.get("CI") == "true":
