@@ -39,6 +39,8 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Also measure a hydrant whose stream feeds this many aggregates (0-3).
     pub aggregates: usize,
+    /// Records per second offered in total; 0 = as fast as acknowledged.
+    pub rate: u64,
 }
 
 /// A hydrant process the bench started, removed with its data on drop.
@@ -250,9 +252,18 @@ async fn one_run(opts: &BenchOptions, t: &Target) -> anyhow::Result<RunResult> {
             .collect();
         let bytes: usize = records.iter().map(|r| r.len()).sum();
         let body = axum::body::Bytes::from(batch_body(&opts.stream, &records));
+        // Each worker paces itself to its share of --rate.
+        let interval = (opts.rate > 0).then(|| {
+            Duration::from_secs_f64(opts.batch as f64 * opts.concurrency as f64 / opts.rate as f64)
+        });
         tasks.spawn(async move {
             let (mut lat, mut ok, mut ok_bytes, mut errors) = (Vec::new(), 0u64, 0u64, 0u64);
+            let mut next = Instant::now();
             while Instant::now() < deadline {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
                 let t = Instant::now();
                 match client.put_batch_body(body.clone()).await {
                     Ok(failed) => {
@@ -395,8 +406,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         .map(|o| o.dir.clone())
         .unwrap_or(std::env::current_dir()?);
     println!(
-        "hydrant bench: stream {}, {} in flight, {} records of {} bytes per PutRecordBatch, {} runs of {:?}",
-        opts.stream, opts.concurrency, opts.batch, opts.record_size, opts.runs, opts.duration
+        "hydrant bench: stream {}, {} in flight, {} records of {} bytes per PutRecordBatch, {} runs of {:?}, {}",
+        opts.stream,
+        opts.concurrency,
+        opts.batch,
+        opts.record_size,
+        opts.runs,
+        opts.duration,
+        if opts.rate > 0 { format!("offered {} records/s", opts.rate) } else { "unthrottled".into() }
     );
     println!(
         "{:>4} {:<22} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>10}",

@@ -91,6 +91,9 @@ enum Command {
         /// (0-3), and the latency from acknowledgement to the live feed.
         #[arg(long, default_value_t = 0)]
         aggregates: usize,
+        /// Records per second to offer in total; 0 = as fast as acknowledged.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
 }
 
@@ -149,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                 duration_seconds,
                 runs,
                 aggregates,
+                rate,
             } => {
                 hydrant::bench::run(hydrant::bench::BenchOptions {
                     endpoint,
@@ -159,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                     duration: Duration::from_secs(duration_seconds),
                     runs,
                     aggregates,
+                    rate,
                 })
                 .await
             }
