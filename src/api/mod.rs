@@ -9,6 +9,7 @@
 
 mod error;
 mod firehose;
+mod s3;
 
 pub use error::ApiError;
 
@@ -48,6 +49,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/-/", get(dashboard::index))
         .route("/-/assets/app.js", get(dashboard::app_js))
         .route("/-/assets/app.css", get(dashboard::app_css))
+        .merge(s3::router())
         .fallback(|| async {
             ApiError::unknown_operation("no such endpoint: AWS APIs are POST / with X-Amz-Target; hydrant's own are under /-/")
         })
