@@ -42,6 +42,9 @@ pub struct Config {
     /// The write-ahead log.
     #[serde(default)]
     pub log: LogConfig,
+    /// Delivery into the lake.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     /// Delivery streams, each written as a Firehose CreateDeliveryStream
     /// request. They are created at start, or updated if they exist.
     #[serde(default)]
@@ -69,6 +72,24 @@ impl Default for LogConfig {
         LogConfig {
             segment_mb: 64,
             max_mb_per_stream: 10 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// With dynamic partitioning, the most partitions one stream buffers at
+    /// once (Firehose's default quota is 500). A record of a further
+    /// partition goes to the error output (`processing-failed`, error code
+    /// `DynamicPartitioning.ActivePartitionsLimitExceeded`) instead.
+    pub max_active_partitions: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_active_partitions: 500,
         }
     }
 }
@@ -111,6 +132,12 @@ impl Config {
             file: file.into(),
             err: e.to_string(),
         })?;
+        if config.delivery.max_active_partitions == 0 {
+            return Err(ConfigError::Parse {
+                file: file.into(),
+                err: "delivery.max_active_partitions must be at least 1".into(),
+            });
+        }
         if config.log.segment_mb == 0 || config.log.max_mb_per_stream < config.log.segment_mb {
             return Err(ConfigError::Parse {
                 file: file.into(),

@@ -46,6 +46,7 @@ pub async fn start(
     let registry = Registry::open(
         &opts.data_dir,
         opts.config.log.options(),
+        opts.config.delivery.max_active_partitions,
         opts.config.delivery_streams,
     )
     .await?;
@@ -75,7 +76,7 @@ impl Running {
     /// Waits for the HTTP side to stop, then delivers everything in the logs.
     pub async fn finish(self) -> anyhow::Result<()> {
         self.done.await??;
-        self.app.registry.shutdown().await;
+        self.app.registry.shutdown().await?;
         tracing::info!("every acknowledged record is in the lake; bye");
         Ok(())
     }

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::api::ApiError;
 use crate::delivery::prefix::{self, Template};
+use crate::delivery::route::PartitionQuery;
 
 pub const MAX_SIZE_MB: u32 = 128;
 pub const MAX_INTERVAL_SECONDS: u32 = 900;
@@ -32,6 +33,12 @@ pub enum Compression {
     Uncompressed,
     #[serde(rename = "GZIP")]
     Gzip,
+    /// Zstandard: not one of Firehose's values; hydrant's own, for `.zst` objects.
+    #[serde(rename = "ZSTD")]
+    Zstd,
+    /// Snappy in its framing format, as Firehose writes `.snappy` objects.
+    #[serde(rename = "Snappy")]
+    Snappy,
 }
 
 impl Compression {
@@ -39,6 +46,8 @@ impl Compression {
         match self {
             Compression::Uncompressed => "UNCOMPRESSED",
             Compression::Gzip => "GZIP",
+            Compression::Zstd => "ZSTD",
+            Compression::Snappy => "Snappy",
         }
     }
 
@@ -46,6 +55,8 @@ impl Compression {
         match self {
             Compression::Uncompressed => "",
             Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+            Compression::Snappy => ".snappy",
         }
     }
 }
@@ -68,6 +79,8 @@ pub struct StreamSpec {
     pub compression: Compression,
     pub append_delimiter: bool,
     pub file_extension: Option<String>,
+    /// Dynamic partitioning: the MetadataExtraction query.
+    pub partition: Option<PartitionQuery>,
     /// The request this spec came from, as persisted.
     pub request: Value,
 }
@@ -116,6 +129,16 @@ struct Destination {
     s3_backup_mode: Option<String>,
     file_extension: Option<String>,
     custom_time_zone: Option<String>,
+    dynamic_partitioning_configuration: Option<DynamicPartitioning>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DynamicPartitioning {
+    enabled: Option<bool>,
+    retry_options: Option<Value>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
@@ -199,7 +222,7 @@ pub fn check_stream_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// An S3 bucket name by S3's rules; it is also a directory in the embedded lake.
-fn check_bucket(bucket: &str) -> bool {
+pub(crate) fn check_bucket(bucket: &str) -> bool {
     let b = bucket.as_bytes();
     (3..=63).contains(&b.len())
         && b.iter()
@@ -273,6 +296,10 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
             (dest.s3_backup_mode.is_some(), "S3BackupMode"),
             (dest.file_extension.is_some(), "FileExtension"),
             (dest.custom_time_zone.is_some(), "CustomTimeZone"),
+            (
+                dest.dynamic_partitioning_configuration.is_some(),
+                "DynamicPartitioningConfiguration",
+            ),
         ] {
             if set {
                 return Err(ApiError::invalid_argument(format!(
@@ -315,9 +342,6 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
             check_key_path(what, p)?;
         }
     }
-    let (prefix_template, error_template) =
-        prefix::validate(&prefix, error_output_prefix.as_deref())
-            .map_err(|e| ApiError::invalid_argument(format!("{path}{e}")))?;
 
     let (mut size_mb, mut interval_seconds) = (DEFAULT_SIZE_MB, DEFAULT_INTERVAL_SECONDS);
     if let Some(h) = dest.buffering_hints {
@@ -343,14 +367,16 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
     let compression = match dest.compression_format.as_deref() {
         None | Some("UNCOMPRESSED") => Compression::Uncompressed,
         Some("GZIP") => Compression::Gzip,
-        Some(c @ ("ZIP" | "Snappy" | "HADOOP_SNAPPY")) => {
+        Some("ZSTD") => Compression::Zstd,
+        Some("Snappy") => Compression::Snappy,
+        Some(c @ ("ZIP" | "HADOOP_SNAPPY")) => {
             return Err(ApiError::invalid_argument(format!(
-                "{path}CompressionFormat {c} is not supported by hydrant yet; use UNCOMPRESSED or GZIP"
+                "{path}CompressionFormat {c} is not supported by hydrant yet; use UNCOMPRESSED, GZIP, Snappy or ZSTD"
             )))
         }
         Some(c) => {
             return Err(ApiError::validation(format!(
-                "{path}CompressionFormat {c:?} is not one of UNCOMPRESSED, GZIP, ZIP, Snappy, HADOOP_SNAPPY"
+                "{path}CompressionFormat {c:?} is not one of UNCOMPRESSED, GZIP, ZIP, Snappy, HADOOP_SNAPPY, ZSTD"
             )))
         }
     };
@@ -390,6 +416,7 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
         }
     }
     let mut append_delimiter = false;
+    let mut query: Option<PartitionQuery> = None;
     if let Some(p) = dest.processing_configuration {
         let pp = format!("{path}ProcessingConfiguration.");
         unsupported(&pp, &p.other)?;
@@ -405,10 +432,16 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
                         }
                         append_delimiter = true;
                     }
+                    Some("MetadataExtraction") => {
+                        query = Some(metadata_extraction(
+                            &pp,
+                            proc.parameters.unwrap_or_default(),
+                        )?);
+                    }
                     Some(t) => {
                         return Err(ApiError::invalid_argument(format!(
                             "{pp}Processors: processor type {t} is not supported by hydrant yet; \
-                             only AppendDelimiterToRecord is"
+                             AppendDelimiterToRecord and MetadataExtraction are"
                         )))
                     }
                     None => {
@@ -443,6 +476,43 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
         }
     }
 
+    let partitioning = match dest.dynamic_partitioning_configuration {
+        None => false,
+        Some(d) => {
+            unsupported(
+                &format!("{path}DynamicPartitioningConfiguration."),
+                &d.other,
+            )?;
+            if d.retry_options.is_some() {
+                return Err(ApiError::invalid_argument(format!(
+                    "{path}DynamicPartitioningConfiguration.RetryOptions is not supported by hydrant: \
+                     delivery retries until the store takes the object and never gives records up"
+                )));
+            }
+            d.enabled == Some(true)
+        }
+    };
+    let partition = match (partitioning, query) {
+        (true, Some(q)) => Some(q),
+        (true, None) => {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}DynamicPartitioningConfiguration is enabled but there is no MetadataExtraction processor \
+                 to extract partition keys"
+            )))
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}ProcessingConfiguration: a MetadataExtraction processor needs DynamicPartitioningConfiguration \
+                 with Enabled: true"
+            )))
+        }
+        (false, None) => None,
+    };
+    let names = partition.as_ref().map(|q| q.names());
+    let (prefix_template, error_template) =
+        prefix::validate_partitioned(&prefix, error_output_prefix.as_deref(), names.as_deref())
+            .map_err(|e| ApiError::invalid_argument(format!("{path}{e}")))?;
+
     Ok(StreamSpec {
         name,
         extended,
@@ -458,7 +528,37 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
         compression,
         append_delimiter,
         file_extension: dest.file_extension.filter(|e| !e.is_empty()),
+        partition,
         request: request.clone(),
+    })
+}
+
+/// The MetadataExtraction processor's parameters: the query, and the JQ-1.6
+/// engine (the only one Firehose has).
+fn metadata_extraction(pp: &str, params: Vec<Value>) -> Result<PartitionQuery, ApiError> {
+    let mut query = None;
+    for p in params {
+        let name = p["ParameterName"].as_str().unwrap_or("");
+        let value = p["ParameterValue"].as_str().unwrap_or("");
+        match name {
+            "MetadataExtractionQuery" => {
+                query = Some(PartitionQuery::parse(value).map_err(|e| ApiError::invalid_argument(format!("{pp}{e}")))?)
+            }
+            "JsonParsingEngine" if value == "JQ-1.6" => {}
+            "JsonParsingEngine" => {
+                return Err(ApiError::invalid_argument(format!("{pp}JsonParsingEngine {value:?} must be JQ-1.6")))
+            }
+            other => {
+                return Err(ApiError::invalid_argument(format!(
+                    "{pp}MetadataExtraction parameter {other:?} is not supported; use MetadataExtractionQuery and JsonParsingEngine"
+                )))
+            }
+        }
+    }
+    query.ok_or_else(|| {
+        ApiError::invalid_argument(format!(
+            "{pp}MetadataExtraction needs a MetadataExtractionQuery parameter"
+        ))
     })
 }
 
@@ -555,9 +655,9 @@ mod tests {
         ),
         (
             "/ExtendedS3DestinationConfiguration/CompressionFormat",
-            r#""Snappy""#,
+            r#""HADOOP_SNAPPY""#,
             "InvalidArgumentException",
-            "Snappy",
+            "HADOOP_SNAPPY",
         ),
         (
             "/ExtendedS3DestinationConfiguration/CompressionFormat",
@@ -693,6 +793,58 @@ mod tests {
         let s = parse(&r).unwrap();
         assert!(s.append_delimiter);
         assert_eq!(s.extension(), ".json");
+    }
+
+    #[test]
+    fn dynamic_partitioning_needs_its_query_and_a_key_in_the_prefix() {
+        let mut r = article();
+        let d = "/ExtendedS3DestinationConfiguration";
+        set(
+            &mut r,
+            &format!("{d}/DynamicPartitioningConfiguration"),
+            json!({"Enabled": true}),
+        );
+        set(
+            &mut r,
+            &format!("{d}/Prefix"),
+            json!("events/event_name=!{partitionKeyFromQuery:event_name}/"),
+        );
+        set(
+            &mut r,
+            &format!("{d}/ErrorOutputPrefix"),
+            json!("errors/!{firehose:error-output-type}/"),
+        );
+        let query = |q: &str| {
+            json!({"Enabled": true, "Processors": [{"Type": "MetadataExtraction", "Parameters": [
+            {"ParameterName": "MetadataExtractionQuery", "ParameterValue": q},
+            {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]})
+        };
+        assert!(parse(&r)
+            .unwrap_err()
+            .message
+            .contains("no MetadataExtraction processor"));
+        set(
+            &mut r,
+            &format!("{d}/ProcessingConfiguration"),
+            query("{event_name: .event_name}"),
+        );
+        let s = parse(&r).unwrap();
+        assert_eq!(s.partition.unwrap().names(), ["event_name"]);
+        set(
+            &mut r,
+            &format!("{d}/ProcessingConfiguration"),
+            query("{other: .x}"),
+        );
+        assert!(parse(&r)
+            .unwrap_err()
+            .message
+            .contains("not defined by the MetadataExtractionQuery"));
+        set(
+            &mut r,
+            &format!("{d}/ProcessingConfiguration"),
+            query(".event_name | ascii"),
+        );
+        assert!(parse(&r).unwrap_err().message.contains("simple paths"));
     }
 
     #[test]

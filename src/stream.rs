@@ -28,7 +28,6 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::api::ApiError;
 use crate::delivery::{self, store::LocalStore, Delivery, DeliveryStats};
@@ -69,7 +68,10 @@ pub struct Stream {
     /// `false` once the stream is closed to puts.
     gate: tokio::sync::RwLock<bool>,
     stop: watch::Sender<bool>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Resolves when delivery has finished after `stop`.
+    finished: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Result<(), String>>>>,
+    /// How delivery ended, once it has.
+    closed: std::sync::Mutex<Option<Result<(), String>>>,
 }
 
 /// Why a put was refused.
@@ -109,14 +111,19 @@ impl Stream {
     }
 
     /// Refuses new puts, waits for those in flight, delivers everything in
-    /// the log, and stops the delivery task.
-    pub async fn close(&self) {
+    /// the log, and stops the delivery task. Err says why not everything
+    /// could be delivered (it stays in the log for the next start).
+    pub async fn close(&self) -> Result<(), String> {
         *self.gate.write().await = false;
         let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap().take();
-        if let Some(t) = task {
-            let _ = t.await;
+        let finished = self.finished.lock().unwrap().take();
+        if let Some(f) = finished {
+            let result = f
+                .await
+                .unwrap_or_else(|_| Err("the delivery thread is gone".into()));
+            *self.closed.lock().unwrap() = Some(result);
         }
+        self.closed.lock().unwrap().clone().unwrap_or(Ok(()))
     }
 
     /// Age of the oldest record not yet in the lake (0 when caught up).
@@ -139,6 +146,7 @@ impl Stream {
 pub struct Registry {
     data_dir: PathBuf,
     opts: LogOptions,
+    max_partitions: usize,
     store: LocalStore,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     /// Serializes create and delete, which touch the disk.
@@ -155,6 +163,7 @@ impl Registry {
     pub async fn open(
         data_dir: &Path,
         opts: LogOptions,
+        max_partitions: usize,
         declared: Vec<Value>,
     ) -> anyhow::Result<Registry> {
         use anyhow::Context;
@@ -166,6 +175,7 @@ impl Registry {
         let reg = Registry {
             data_dir: data_dir.to_path_buf(),
             opts,
+            max_partitions,
             store,
             streams: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -260,13 +270,9 @@ impl Registry {
             log: log.clone(),
             store: self.store.clone(),
             stats: stats.clone(),
+            max_partitions: self.max_partitions,
         };
-        let name = spec.name.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = d.run(stop_rx).await {
-                tracing::error!(stream = %name, error = %e, "delivery stopped; records stay in the log until this is fixed and hydrant restarts");
-            }
-        });
+        let finished = d.start(stop_rx);
         let stream = Stream {
             spec,
             created_ms: meta.created_ms,
@@ -278,7 +284,8 @@ impl Registry {
             dir,
             gate: tokio::sync::RwLock::new(true),
             stop,
-            task: std::sync::Mutex::new(Some(task)),
+            finished: std::sync::Mutex::new(Some(finished)),
+            closed: std::sync::Mutex::new(None),
         };
         self.streams
             .write()
@@ -331,7 +338,12 @@ impl Registry {
                 "Delivery stream {name} is declared in the config file; remove it there and restart"
             )));
         }
-        stream.close().await;
+        stream.close().await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "Delivery stream {name} is closed but could not deliver everything it acknowledged ({e}); \
+                 its records are kept; retry the delete once the store is reachable, or restart hydrant"
+            ))
+        })?;
         self.streams.write().unwrap().remove(name);
         let tomb = self
             .data_dir
@@ -344,12 +356,24 @@ impl Registry {
     }
 
     /// Closes every stream: no more puts, everything acknowledged delivered.
-    pub async fn shutdown(&self) {
+    /// Err names the streams whose records could not all be delivered.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
         let mut closing = tokio::task::JoinSet::new();
         for s in self.list() {
-            closing.spawn(async move { s.close().await });
+            closing.spawn(async move { (s.spec.name.clone(), s.close().await) });
         }
-        closing.join_all().await;
+        let failed: Vec<String> = closing
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
+            .collect();
+        anyhow::ensure!(
+            failed.is_empty(),
+            "not every acknowledged record reached the lake; they are safe in the log and are delivered at the next start ({})",
+            failed.join("; ")
+        );
+        Ok(())
     }
 }
 

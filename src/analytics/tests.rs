@@ -36,9 +36,26 @@ fn line(r: &WindowResult) -> String {
         "[{},{}) {} {}{open}",
         s(r.start_ms),
         s(r.end_ms),
-        Value::Object(r.group.clone()),
-        Value::Object(r.measures.clone())
+        sorted(&r.group),
+        sorted(&r.measures)
     )
+}
+
+/// A map rendered with sorted keys, so expectations do not depend on order.
+fn sorted(m: &serde_json::Map<String, Value>) -> String {
+    serde_json::to_string(&m.iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap()
+}
+
+#[test]
+fn measures_keep_the_configured_order() {
+    let config = cfg(
+        json!({"type": "tumbling", "size_seconds": 60}),
+        json!({"measures": [{"op": "sum", "field": "v"}, {"op": "count"}, {"op": "avg", "field": "v"}]}),
+    );
+    let mut agg = Aggregator::new(serde_json::from_value(config).unwrap()).unwrap();
+    agg.ingest(br#"{"ts":1,"v":2}"#, 0);
+    let names: Vec<String> = agg.snapshot().windows[0].measures.keys().cloned().collect();
+    assert_eq!(names, ["sum_v", "count", "avg_v"]);
 }
 
 /// Epoch-seconds time in field `ts`, a count measure, overridden or extended by `extra`.

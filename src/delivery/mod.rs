@@ -1,60 +1,86 @@
 //! Delivery: from a stream's log into objects in the lake, exactly once.
 //!
-//! One delivery task per stream reads the log in order from the committed
-//! offset, appends records to a buffer (adding a newline after each when
-//! AppendDelimiterToRecord is on), and cuts the buffer into an object when
-//! it reaches SizeInMBs (measured before compression) or when its oldest
-//! record has waited IntervalInSeconds, whichever comes first.
+//! One delivery thread per stream reads the log in order from the committed
+//! offset and routes each record to a buffer: the stream's one buffer, or,
+//! with dynamic partitioning, the buffer of the record's partition (its
+//! evaluated partition keys); records that cannot be routed go to an error
+//! buffer as Firehose error documents (see `route`). A buffer becomes one
+//! object when it reaches SizeInMBs (measured before compression) or when
+//! its oldest record has waited IntervalInSeconds, whichever comes first.
 //!
 //! # Exactly once
 //!
-//! A batch is a range of log offsets `[first, end)`. Everything about its
-//! object is a function of that range and the stream: the key's time is the
-//! oldest record's arrival time (stored in the log), and the key's id is a
-//! UUIDv5 of the stream's incarnation id and `first`. The delivery state,
-//! `delivery.json` in the stream's directory, is replaced atomically (write,
-//! fsync, rename, fsync the directory) at two points per object:
+//! An object holds the records of one buffer between two log offsets,
+//! `[first, end)`. Everything about it is a function of that range: its
+//! key's time is the oldest record's arrival time (stored in the log), its
+//! id a UUIDv5 of the stream's incarnation, the buffer and `first`. The
+//! delivery state, `delivery.json` in the stream's directory, is replaced
+//! atomically (write, fsync, rename, fsync the directory) at two points per
+//! object:
 //!
-//! 1. before the object is written: `{committed: first, pending: {first, end, key}}`;
-//! 2. after the object is durably in the store: `{committed: end}`, then log
-//!    segments below `end` are removed.
+//! 1. before the object is written, with the object recorded as `pending`;
+//! 2. after the object is durably in the store, with `delivered[buffer] = end`.
 //!
-//! A crash before 1 leaves the records in the log past `committed`: they
-//! are batched again. A crash between 1 and 2 leaves `pending`: on restart
-//! the same range is read back and written to the same key, overwriting the
-//! object if it had been written. A crash after 2 has nothing to redo. So
-//! every acknowledged record reaches the lake, and no record reaches it
-//! twice, at any instant of a crash. Objects are written atomically by the
-//! store, so no reader sees a partial one.
+//! `committed` is the lowest offset any open buffer still holds (everything
+//! below it is in the lake) and log segments below it are removed. On
+//! restart, a pending object is written again from the same records to the
+//! same key (overwriting it if it had been written), then the log is read
+//! from `committed`, skipping each record that lies below its buffer's
+//! `delivered` mark, because it is in the lake already.
 //!
-//! Order: records are appended to the log in acknowledgement order, read in
-//! log order, and batches are delivered one at a time, so the lake holds a
-//! stream's records in the order they were acknowledged.
+//! That replay must route every record as it was routed the first time.
+//! Partition keys are a function of the record, but two decisions are not:
+//! whether a new partition fit under the bound on active partitions, and
+//! (for Parquet) whether a record fit the schema as it then was. So every
+//! record sent to the error output is recorded in the state (`diverted`,
+//! offset and reason), together with `decided_upto`, the read position the
+//! decisions cover. Below it, replay follows the record; above it, no object
+//! was written yet, so deciding afresh is safe.
 //!
-//! If the store fails (a full disk), delivery retries the same batch with
-//! backoff; the log keeps the records and ingest goes on until the log's
-//! bound, after which producers get ServiceUnavailableException.
+//! Objects are written atomically by the store, so no reader sees a partial
+//! one. Order: records are read in acknowledgement order and each buffer
+//! keeps that order, so a partition's records reach the lake in the order
+//! they were acknowledged.
+//!
+//! If the store fails, delivery retries the same object with backoff; the
+//! log keeps the records, and ingest goes on until the log's bound, after
+//! which producers get ServiceUnavailableException.
 
+pub mod encode;
 pub mod prefix;
+pub mod route;
 pub mod store;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::log::{Log, LogError, LogReader};
 use crate::spec::{Compression, StreamSpec};
+use encode::Records;
+use prefix::Template;
+use route::Diversion;
 use store::LocalStore;
 
 /// The version in object names. Firehose bumps it on UpdateDestination,
 /// which hydrant does not implement, so it stays 1.
 pub const STREAM_VERSION: u32 = 1;
+
+/// Where error documents go when the stream has no ErrorOutputPrefix.
+const DEFAULT_ERROR_PREFIX: &str = "!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/";
+
+/// Memory all of a stream's buffers may hold; past it the largest is cut.
+const MAX_BUFFERED_BYTES: usize = 512 << 20;
+
+/// Records read between checks of the buffers' deadlines.
+const CHUNK_RECORDS: usize = 16_384;
 
 /// Counters a stream's delivery keeps, read by the API and metrics.
 #[derive(Default)]
@@ -64,12 +90,17 @@ pub struct DeliveryStats {
     pub records: AtomicU64,
     pub bytes: AtomicU64,
     pub failures: AtomicU64,
+    pub active_partitions: AtomicU64,
     /// Arrival time of the oldest record not yet delivered, or 0.
     pub oldest_pending_ms: AtomicI64,
+    /// Records sent to the error output, by error code.
+    pub errors: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Pending {
+    #[serde(default = "single_buffer")]
+    buffer: String,
     first: u64,
     end: u64,
     key: String,
@@ -77,10 +108,31 @@ struct Pending {
     append_delimiter: bool,
 }
 
+fn single_buffer() -> String {
+    "d".into()
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct State {
     committed: u64,
+    #[serde(default)]
+    decided_upto: u64,
+    /// Per buffer: the end of its last object, while above `committed`.
+    #[serde(default)]
+    delivered: BTreeMap<String, u64>,
+    /// Records at or above `committed` sent to the error output.
+    #[serde(default)]
+    diverted: BTreeMap<u64, Diversion>,
     pending: Option<Pending>,
+}
+
+impl State {
+    /// Drops what no replay can need: marks and decisions below `committed`.
+    fn prune(&mut self) {
+        let c = self.committed;
+        self.delivered.retain(|_, end| *end > c);
+        self.diverted = self.diverted.split_off(&c);
+    }
 }
 
 /// Reads the committed offset of a stream directory (0 for a new stream).
@@ -89,11 +141,12 @@ pub fn committed_offset(stream_dir: &Path) -> std::io::Result<u64> {
 }
 
 fn load_state(stream_dir: &Path) -> std::io::Result<State> {
-    match std::fs::read(stream_dir.join("delivery.json")) {
+    let path = stream_dir.join("delivery.json");
+    match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", stream_dir.join("delivery.json").display()),
+                format!("{}: {e}", path.display()),
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
@@ -110,26 +163,58 @@ fn save_state(stream_dir: &Path, state: &State) -> std::io::Result<()> {
     crate::log::sync_dir(stream_dir)
 }
 
-/// Records gathered for one object.
-struct Batch {
+/// What a buffer collects.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    /// A partition's records (no values when the stream is not partitioned).
+    Data(Vec<String>),
+    /// Error documents of one output type.
+    Error(String),
+}
+
+impl Target {
+    /// The buffer's name in the delivery state.
+    fn id(&self) -> String {
+        match self {
+            Target::Data(values) => values
+                .iter()
+                .fold("d".to_string(), |acc, v| acc + "\u{1f}" + v),
+            Target::Error(t) => format!("e\u{1f}{t}"),
+        }
+    }
+}
+
+struct Buffer {
+    target: Target,
     first: u64,
     end: u64,
     bytes: Vec<u8>,
+    ends: Vec<usize>,
     oldest_ms: i64,
 }
 
-impl Batch {
-    fn new(first: u64) -> Batch {
-        Batch {
+impl Buffer {
+    fn new(target: Target, first: u64) -> Buffer {
+        Buffer {
+            target,
             first,
             end: first,
             bytes: Vec::new(),
+            ends: Vec::new(),
             oldest_ms: i64::MAX,
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.end == self.first
+    fn push(&mut self, offset: u64, arrival_ms: i64, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.ends.push(self.bytes.len());
+        self.oldest_ms = self.oldest_ms.min(arrival_ms);
+        self.end = offset + 1;
+    }
+
+    /// Bytes the object will hold before compression.
+    fn size(&self, delimiter: bool) -> usize {
+        self.bytes.len() + if delimiter { self.ends.len() } else { 0 }
     }
 }
 
@@ -140,6 +225,8 @@ pub struct Delivery {
     pub log: Log,
     pub store: LocalStore,
     pub stats: Arc<DeliveryStats>,
+    /// Most partitions with an open buffer; records of further ones go to the error output.
+    pub max_partitions: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,57 +234,260 @@ pub enum DeliveryError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("delivery state: {0}")]
-    State(std::io::Error),
-    #[error("delivery task failed: {0}")]
-    Join(String),
+    State(#[from] std::io::Error),
+    #[error("stopped while the store was failing; the object is redone at the next start")]
+    Interrupted,
 }
 
-/// Reads records from `reader` into `batch` until `end` or until the batch
-/// holds `limit` bytes. Returns true if the batch is full.
-fn fill(
-    reader: &mut LogReader,
-    batch: &mut Batch,
-    end: u64,
-    limit: usize,
-    delimiter: bool,
-) -> Result<bool, LogError> {
-    while batch.bytes.len() < limit {
-        let Some(e) = reader.next_below(end)? else {
-            return Ok(false);
-        };
-        batch.bytes.extend_from_slice(e.data);
-        if delimiter {
-            batch.bytes.push(b'\n');
-        }
-        batch.oldest_ms = batch.oldest_ms.min(e.arrival_ms);
-        batch.end = e.offset + 1;
-    }
-    Ok(true)
-}
-
-fn encode(bytes: &[u8], compression: Compression) -> Vec<u8> {
-    match compression {
-        Compression::Uncompressed => bytes.to_vec(),
-        Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(bytes.len() / 4),
-                flate2::Compression::default(),
-            );
-            enc.write_all(bytes).expect("writing to memory");
-            enc.finish().expect("writing to memory")
-        }
-    }
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 impl Delivery {
-    /// The key of the object for a batch starting at `first`.
-    fn key(&self, first: u64, oldest_ms: i64) -> String {
-        let id = uuid::Uuid::new_v5(&self.incarnation, &first.to_be_bytes());
+    /// Starts the delivery thread; the receiver resolves when it has
+    /// delivered everything after `stop` turned true.
+    pub fn start(self, stop: watch::Receiver<bool>) -> oneshot::Receiver<Result<(), String>> {
+        let (done, finished) = oneshot::channel();
+        let rt = tokio::runtime::Handle::current();
+        let name = self.spec.name.clone();
+        std::thread::Builder::new()
+            .name(format!("deliver-{name}"))
+            .spawn(move || {
+                let _runtime = rt.enter();
+                let result = self.run(&rt, stop).map_err(|e| {
+                    tracing::error!(stream = %name, error = %e,
+                        "delivery stopped; records stay in the log until this is fixed and hydrant restarts");
+                    e.to_string()
+                });
+                let _ = done.send(result);
+            })
+            .expect("starting a delivery thread");
+        finished
+    }
+
+    fn interval_ms(&self) -> i64 {
+        self.spec.interval_seconds as i64 * 1000
+    }
+
+    fn delimiter(&self, target: &Target) -> bool {
+        matches!(target, Target::Error(_)) || self.spec.append_delimiter
+    }
+
+    /// Routes one record: its buffer, and the diversion if it goes to the
+    /// error output. Decisions below `decided_upto` come from the state.
+    fn decide(
+        &self,
+        st: &mut State,
+        offset: u64,
+        data: &[u8],
+        open: Option<&BTreeMap<String, Buffer>>,
+    ) -> (Target, Option<Diversion>) {
+        if let Some(d) = st.diverted.get(&offset) {
+            return (Target::Error(d.output_type.clone()), Some(d.clone()));
+        }
+        let fresh = offset >= st.decided_upto;
+        let divert = |st: &mut State, code: &str, message: String| {
+            let d = Diversion {
+                output_type: "processing-failed".into(),
+                code: code.into(),
+                message,
+            };
+            st.diverted.insert(offset, d.clone());
+            (Target::Error(d.output_type.clone()), Some(d))
+        };
+        let values = match &self.spec.partition {
+            None => vec![],
+            Some(q) => match q.eval(data) {
+                Ok(v) => v,
+                Err(e) => return divert(st, "DynamicPartitioning.MetadataExtractionFailed", e),
+            },
+        };
+        let target = Target::Data(values);
+        if let (true, Some(open), Some(_)) = (fresh, open, &self.spec.partition) {
+            let active = open
+                .values()
+                .filter(|b| matches!(b.target, Target::Data(_)))
+                .count();
+            if active >= self.max_partitions && !open.contains_key(&target.id()) {
+                return divert(
+                    st,
+                    "DynamicPartitioning.ActivePartitionsLimitExceeded",
+                    format!("{} partitions are open, the most a stream may have (delivery.max_active_partitions)", self.max_partitions),
+                );
+            }
+        }
+        (target, None)
+    }
+
+    /// Adds a record to its buffer, unless it is in the lake already.
+    fn take(
+        &self,
+        st: &mut State,
+        buffers: &mut BTreeMap<String, Buffer>,
+        offset: u64,
+        arrival_ms: i64,
+        data: &[u8],
+    ) -> Option<String> {
+        let (target, diversion) = self.decide(st, offset, data, Some(buffers));
+        let id = target.id();
+        if st.delivered.get(&id).is_some_and(|end| offset < *end) {
+            return None;
+        }
+        let b = buffers
+            .entry(id.clone())
+            .or_insert_with(|| Buffer::new(target, offset));
+        match diversion {
+            Some(d) => {
+                b.push(
+                    offset,
+                    arrival_ms,
+                    &route::error_document(&d, arrival_ms, data),
+                );
+                *self.stats.errors.lock().unwrap().entry(d.code).or_default() += 1;
+            }
+            None => b.push(offset, arrival_ms, data),
+        }
+        Some(id)
+    }
+
+    fn run(
+        &self,
+        rt: &tokio::runtime::Handle,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), DeliveryError> {
+        let mut st = load_state(&self.dir)?;
+        if let Some(p) = st.pending.clone() {
+            tracing::info!(stream = %self.spec.name, first = p.first, end = p.end, key = %p.key,
+                "redoing the object a crash interrupted");
+            self.redo(rt, &mut st, p, &stop)?;
+        }
+        self.stats
+            .committed_offset
+            .store(st.committed, Ordering::Relaxed);
+        let mut reader = self.log.reader(st.committed)?;
+        let mut buffers: BTreeMap<String, Buffer> = BTreeMap::new();
+        let mut tail = self.log.tail();
+        let limit = self.spec.size_bytes();
+        loop {
+            let end = tail.borrow_and_update().next_offset;
+            let stopping = *stop.borrow_and_update();
+            let mut read = 0;
+            while read < CHUNK_RECORDS {
+                let Some(e) = reader.next_below(end)? else {
+                    break;
+                };
+                read += 1;
+                let (offset, arrival, data) = (e.offset, e.arrival_ms, e.data.to_vec());
+                if let Some(id) = self.take(&mut st, &mut buffers, offset, arrival, &data) {
+                    let b = &buffers[&id];
+                    if b.size(self.delimiter(&b.target)) >= limit {
+                        self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
+                    }
+                }
+            }
+            let caught_up = reader.position() >= end;
+            let now = now_ms();
+            let due: Vec<String> = buffers
+                .iter()
+                .filter(|(_, b)| (stopping && caught_up) || now >= b.oldest_ms + self.interval_ms())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in due {
+                self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
+            }
+            while buffers.values().map(|b| b.bytes.len()).sum::<usize>() > MAX_BUFFERED_BYTES {
+                let largest = buffers
+                    .iter()
+                    .max_by_key(|(_, b)| b.bytes.len())
+                    .map(|(id, _)| id.clone())
+                    .unwrap();
+                self.flush(
+                    rt,
+                    &mut st,
+                    &mut buffers,
+                    &largest,
+                    reader.position(),
+                    &stop,
+                )?;
+            }
+            self.publish(&buffers);
+            if !caught_up {
+                continue;
+            }
+            if stopping && buffers.is_empty() {
+                return Ok(());
+            }
+            let deadline = buffers
+                .values()
+                .map(|b| b.oldest_ms + self.interval_ms())
+                .min();
+            let sleep = match deadline {
+                Some(d) => Duration::from_millis((d - now_ms()).clamp(1, 3_600_000) as u64),
+                None => Duration::from_secs(3600),
+            };
+            rt.block_on(async {
+                tokio::select! {
+                    _ = tail.changed() => {}
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+            });
+        }
+    }
+
+    fn publish(&self, buffers: &BTreeMap<String, Buffer>) {
+        let oldest = buffers.values().map(|b| b.oldest_ms).min().unwrap_or(0);
+        self.stats
+            .oldest_pending_ms
+            .store(oldest, Ordering::Relaxed);
+        let partitions = buffers
+            .values()
+            .filter(|b| matches!(b.target, Target::Data(_)))
+            .count();
+        self.stats
+            .active_partitions
+            .store(partitions as u64, Ordering::Relaxed);
+    }
+
+    /// The key of a buffer's object.
+    fn key(&self, target: &Target, first: u64, oldest_ms: i64) -> String {
+        let id = uuid::Uuid::new_v5(
+            &self.incarnation,
+            format!("{}@{first}", target.id()).as_bytes(),
+        );
         let at = DateTime::<Utc>::from_timestamp_millis(oldest_ms).unwrap_or_default();
-        let prefix = self
-            .spec
-            .prefix_template
-            .eval(at, &prefix::random_string(&id), None);
+        let random = prefix::random_string(&id);
+        let prefix = match target {
+            Target::Data(values) => {
+                let names = self
+                    .spec
+                    .partition
+                    .as_ref()
+                    .map(|q| q.names())
+                    .unwrap_or_default();
+                let pairs: Vec<(&str, &str)> = names
+                    .iter()
+                    .map(|n| n.as_str())
+                    .zip(values.iter().map(|v| v.as_str()))
+                    .collect();
+                self.spec
+                    .prefix_template
+                    .eval_with(at, &random, None, &pairs)
+            }
+            Target::Error(output_type) => {
+                let default;
+                let t = match &self.spec.error_template {
+                    Some(t) => t,
+                    None => {
+                        default =
+                            Template::parse(DEFAULT_ERROR_PREFIX, prefix::Kind::ErrorOutputPrefix)
+                                .expect("a valid default");
+                        &default
+                    }
+                };
+                t.eval(at, &random, Some(output_type))
+            }
+        };
         prefix
             + &prefix::object_name(
                 &self.spec.name,
@@ -208,181 +498,165 @@ impl Delivery {
             )
     }
 
-    /// Runs until `stop` turns true, then delivers everything the log holds
-    /// and returns.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), DeliveryError> {
-        let this = Arc::new(self);
-        let state = load_state(&this.dir).map_err(DeliveryError::State)?;
-        if let Some(p) = state.pending {
-            tracing::info!(stream = %this.spec.name, first = p.first, end = p.end, key = %p.key,
-                "redoing the batch a crash interrupted");
-            this.clone().redo(p).await?;
-        }
-        let committed = load_state(&this.dir)
-            .map_err(DeliveryError::State)?
-            .committed;
-        this.stats
-            .committed_offset
-            .store(committed, Ordering::Relaxed);
-        let mut tail = this.log.tail();
-        let mut reader = Some(this.log.reader(committed)?);
-        let mut batch = Some(Batch::new(committed));
-        let limit = this.spec.size_bytes();
-        loop {
-            let end = tail.borrow_and_update().next_offset;
-            let stopping = *stop.borrow();
-            let (mut r, mut b) = (reader.take().unwrap(), batch.take().unwrap());
-            let delim = this.spec.append_delimiter;
-            let (r, b, full) = tokio::task::spawn_blocking(move || {
-                let full = fill(&mut r, &mut b, end, limit, delim);
-                (r, b, full)
-            })
-            .await
-            .map_err(|e| DeliveryError::Join(e.to_string()))?;
-            let full = full?;
-            reader = Some(r);
-            if !b.is_empty() {
-                this.stats
-                    .oldest_pending_ms
-                    .store(b.oldest_ms, Ordering::Relaxed);
-            }
-            let due = !b.is_empty()
-                && (full
-                    || stopping
-                    || Utc::now().timestamp_millis()
-                        >= b.oldest_ms + this.spec.interval_seconds as i64 * 1000);
-            if due {
-                let next = b.end;
-                this.clone().deliver(b).await;
-                batch = Some(Batch::new(next));
-                continue;
-            }
-            let caught_up = reader.as_ref().unwrap().position() >= end;
-            if stopping && caught_up && b.is_empty() {
-                return Ok(());
-            }
-            let deadline = if b.is_empty() {
-                this.stats.oldest_pending_ms.store(0, Ordering::Relaxed);
-                None
-            } else {
-                Some(b.oldest_ms + this.spec.interval_seconds as i64 * 1000)
-            };
-            batch = Some(b);
-            if !caught_up {
-                continue;
-            }
-            let sleep = match deadline {
-                Some(d) => Duration::from_millis(
-                    (d - Utc::now().timestamp_millis()).clamp(1, 3_600_000) as u64,
-                ),
-                None => Duration::from_secs(3600),
-            };
-            tokio::select! {
-                _ = tail.changed() => {}
-                _ = stop.changed() => {}
-                _ = tokio::time::sleep(sleep) => {}
-            }
-        }
-    }
-
-    /// Writes a batch as one object, retrying until it is in the store.
-    async fn deliver(self: Arc<Self>, batch: Batch) {
-        let pending = Pending {
-            first: batch.first,
-            end: batch.end,
-            key: self.key(batch.first, batch.oldest_ms),
-            compression: self.spec.compression,
-            append_delimiter: self.spec.append_delimiter,
+    /// Cuts buffer `id` into an object: steps 1 and 2 of the module notes.
+    fn flush(
+        &self,
+        rt: &tokio::runtime::Handle,
+        st: &mut State,
+        buffers: &mut BTreeMap<String, Buffer>,
+        id: &str,
+        read_position: u64,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), DeliveryError> {
+        let b = buffers.remove(id).expect("flushing an open buffer");
+        let low_water = |buffers: &BTreeMap<String, Buffer>| {
+            buffers
+                .values()
+                .map(|b| b.first)
+                .min()
+                .unwrap_or(read_position)
+                .min(read_position)
         };
-        let bytes = Arc::new(batch.bytes);
-        self.write_object(pending, bytes).await
+        let pending = Pending {
+            buffer: id.to_string(),
+            first: b.first,
+            end: b.end,
+            key: self.key(&b.target, b.first, b.oldest_ms),
+            compression: self.spec.compression,
+            append_delimiter: self.delimiter(&b.target),
+        };
+        st.committed = low_water(buffers).min(b.first);
+        st.decided_upto = st.decided_upto.max(read_position);
+        st.pending = Some(pending.clone());
+        st.prune();
+        self.retry(rt, stop, "saving the delivery state", || {
+            save_state(&self.dir, st)
+        })?;
+        let body = encode::compress(
+            encode::json_lines(
+                &Records {
+                    bytes: &b.bytes,
+                    ends: &b.ends,
+                },
+                pending.append_delimiter,
+            ),
+            pending.compression,
+        );
+        self.put(rt, &pending.key, &body, stop)?;
+        st.delivered.insert(id.to_string(), b.end);
+        st.pending = None;
+        st.committed = low_water(buffers);
+        st.prune();
+        self.retry(rt, stop, "saving the delivery state", || {
+            save_state(&self.dir, st)
+        })?;
+        let s = &self.stats;
+        s.committed_offset.store(st.committed, Ordering::Relaxed);
+        s.objects.fetch_add(1, Ordering::Relaxed);
+        s.records.fetch_add(b.ends.len() as u64, Ordering::Relaxed);
+        s.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        tracing::debug!(stream = %self.spec.name, key = %pending.key, records = b.ends.len(), "delivered");
+        if let Err(e) = self.log.remove_before(st.committed) {
+            tracing::warn!(stream = %self.spec.name, error = %e, "could not remove delivered log segments; will retry after the next object");
+        }
+        Ok(())
     }
 
-    /// Step 1, the object, step 2 (see the module notes), with retries.
-    async fn write_object(self: Arc<Self>, pending: Pending, bytes: Arc<Vec<u8>>) {
+    /// Writes an object, retrying with backoff until the store takes it.
+    fn put(
+        &self,
+        rt: &tokio::runtime::Handle,
+        key: &str,
+        body: &[u8],
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), DeliveryError> {
+        let what = format!("writing {}/{key}", self.spec.bucket);
+        self.retry(rt, stop, &what, || {
+            self.store.put(&self.spec.bucket, key, body)
+        })
+    }
+
+    /// Runs a step of delivery until it succeeds, backing off between tries:
+    /// a full disk or an unreachable store is waited out, never skipped.
+    /// Once hydrant is stopping and the step has failed for a while, it gives
+    /// up: the records stay in the log and the step is redone at the next start.
+    fn retry(
+        &self,
+        rt: &tokio::runtime::Handle,
+        stop: &watch::Receiver<bool>,
+        what: &str,
+        mut step: impl FnMut() -> std::io::Result<()>,
+    ) -> Result<(), DeliveryError> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let (this, p, b) = (self.clone(), pending.clone(), bytes.clone());
-            let result = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-                let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-                save_state(
-                    &this.dir,
-                    &State {
-                        committed: p.first,
-                        pending: Some(p.clone()),
-                    },
-                )
-                .map_err(|e| err("saving delivery state", &e))?;
-                let body = encode(&b, p.compression);
-                this.store
-                    .put(&this.spec.bucket, &p.key, &body)
-                    .map_err(|e| err(&format!("writing {}/{}", this.spec.bucket, p.key), &e))?;
-                save_state(
-                    &this.dir,
-                    &State {
-                        committed: p.end,
-                        pending: None,
-                    },
-                )
-                .map_err(|e| err("saving delivery state", &e))?;
-                Ok(body.len())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            match result {
-                Ok(len) => {
-                    let s = &self.stats;
-                    s.committed_offset.store(pending.end, Ordering::Relaxed);
-                    s.objects.fetch_add(1, Ordering::Relaxed);
-                    s.records
-                        .fetch_add(pending.end - pending.first, Ordering::Relaxed);
-                    s.bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    tracing::debug!(stream = %self.spec.name, key = %pending.key, records = pending.end - pending.first, "delivered");
-                    if let Err(e) = self.log.remove_before(pending.end) {
-                        tracing::warn!(stream = %self.spec.name, error = %e, "could not remove delivered log segments; will retry after the next object");
-                    }
-                    return;
-                }
+            match step() {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(stream = %self.spec.name, error = %e, retry_in = ?backoff,
-                        "delivery failed; the records stay in the log and the batch will be retried");
-                    tokio::time::sleep(backoff).await;
+                        "{what} failed; the records stay in the log and delivery will retry");
+                    if *stop.borrow() && backoff >= Duration::from_secs(5) {
+                        return Err(DeliveryError::Interrupted);
+                    }
+                    rt.block_on(async { tokio::time::sleep(backoff).await });
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
     }
 
-    /// Rewrites a batch recorded as pending, byte for byte, to its key.
-    async fn redo(self: Arc<Self>, p: Pending) -> Result<(), DeliveryError> {
-        let this = self.clone();
-        let p2 = p.clone();
-        let batch = tokio::task::spawn_blocking(move || -> Result<Batch, LogError> {
-            let mut reader = this.log.reader(p2.first)?;
-            let mut batch = Batch::new(p2.first);
-            fill(
-                &mut reader,
-                &mut batch,
-                p2.end,
-                usize::MAX,
-                p2.append_delimiter,
-            )?;
-            Ok(batch)
-        })
-        .await
-        .map_err(|e| DeliveryError::Join(e.to_string()))??;
-        if batch.end != p.end {
+    /// Rewrites the object recorded as pending, from the same records, to its key.
+    fn redo(
+        &self,
+        rt: &tokio::runtime::Handle,
+        st: &mut State,
+        p: Pending,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), DeliveryError> {
+        let mut reader: LogReader = self.log.reader(p.first)?;
+        let mut buffer: Option<Buffer> = None;
+        while let Some(e) = reader.next_below(p.end)? {
+            let (offset, arrival, data) = (e.offset, e.arrival_ms, e.data.to_vec());
+            let (target, diversion) = self.decide(st, offset, &data, None);
+            if target.id() != p.buffer {
+                continue;
+            }
+            let b = buffer.get_or_insert_with(|| Buffer::new(target, offset));
+            match diversion {
+                Some(d) => b.push(offset, arrival, &route::error_document(&d, arrival, &data)),
+                None => b.push(offset, arrival, &data),
+            }
+        }
+        if reader.position() != p.end {
             return Err(LogError::Corrupt {
                 file: self.log.dir().to_path_buf(),
                 what: format!(
-                    "pending batch {}..{} but the log ends at {}",
-                    p.first, p.end, batch.end
+                    "pending object {}..{} but the log ends at {}",
+                    p.first,
+                    p.end,
+                    reader.position()
                 ),
             }
             .into());
         }
-        self.write_object(p, Arc::new(batch.bytes)).await;
+        let b = buffer.unwrap_or_else(|| Buffer::new(Target::Data(vec![]), p.first));
+        let body = encode::compress(
+            encode::json_lines(
+                &Records {
+                    bytes: &b.bytes,
+                    ends: &b.ends,
+                },
+                p.append_delimiter,
+            ),
+            p.compression,
+        );
+        self.put(rt, &p.key, &body, stop)?;
+        st.delivered.insert(p.buffer.clone(), p.end);
+        st.pending = None;
+        st.prune();
+        self.retry(rt, stop, "saving the delivery state", || {
+            save_state(&self.dir, st)
+        })?;
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ enum Part {
     Timestamp(Vec<DatePart>),
     RandomString,
     ErrorOutputType,
+    PartitionKey(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,9 +82,16 @@ impl Template {
                         "!{{firehose:{other}}} is not a firehose expression; use random-string or error-output-type"
                     ))
                 }
-                ("partitionKeyFromQuery" | "partitionKeyFromLambda", _) => {
+                ("partitionKeyFromQuery", name) => {
+                    if kind == Kind::ErrorOutputPrefix {
+                        return Err(format!("!{{{expr}}} may not be used in ErrorOutputPrefix"));
+                    }
+                    Part::PartitionKey(name.to_string())
+                }
+                ("partitionKeyFromLambda", _) => {
                     return Err(format!(
-                        "!{{{expr}}} needs dynamic partitioning, which hydrant does not support yet"
+                        "!{{{expr}}} needs a Lambda processor, which hydrant does not support; \
+                         use partitionKeyFromQuery with a MetadataExtraction processor"
                     ))
                 }
                 (other, _) => {
@@ -125,6 +133,18 @@ impl Template {
 
     /// Evaluates the template for one object.
     pub fn eval(&self, at: DateTime<Utc>, random: &str, error_type: Option<&str>) -> String {
+        self.eval_with(at, random, error_type, &[])
+    }
+
+    /// Evaluates with partition keys: `(name, value)` pairs from the
+    /// MetadataExtraction query.
+    pub fn eval_with(
+        &self,
+        at: DateTime<Utc>,
+        random: &str,
+        error_type: Option<&str>,
+        keys: &[(&str, &str)],
+    ) -> String {
         let mut out = String::new();
         for p in &self.parts {
             match p {
@@ -132,9 +152,24 @@ impl Template {
                 Part::Timestamp(pattern) => format_date(pattern, at, &mut out),
                 Part::RandomString => out.push_str(random),
                 Part::ErrorOutputType => out.push_str(error_type.unwrap_or("processing-failed")),
+                Part::PartitionKey(name) => {
+                    let value = keys.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+                    out.push_str(value.expect("partition keys are checked against the query"));
+                }
             }
         }
         out
+    }
+
+    /// The partition key names the template uses.
+    pub fn partition_keys(&self) -> Vec<&str> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::PartitionKey(k) => Some(k.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -144,7 +179,38 @@ pub fn validate(
     prefix: &str,
     error_prefix: Option<&str>,
 ) -> Result<(Template, Option<Template>), String> {
+    validate_partitioned(prefix, error_prefix, None)
+}
+
+/// [`validate`] for a stream with dynamic partitioning: `keys` are the names
+/// the MetadataExtraction query defines (None: partitioning is off).
+pub fn validate_partitioned(
+    prefix: &str,
+    error_prefix: Option<&str>,
+    keys: Option<&[String]>,
+) -> Result<(Template, Option<Template>), String> {
     let p = Template::parse(prefix, Kind::Prefix).map_err(|e| format!("Prefix: {e}"))?;
+    match keys {
+        None => {
+            if let Some(k) = p.partition_keys().first() {
+                return Err(format!(
+                    "Prefix: !{{partitionKeyFromQuery:{k}}} needs DynamicPartitioningConfiguration with Enabled: true"
+                ));
+            }
+        }
+        Some(keys) => {
+            let used = p.partition_keys();
+            if used.is_empty() {
+                return Err("Prefix: with dynamic partitioning the Prefix must use at least one !{partitionKeyFromQuery:key}".into());
+            }
+            if let Some(k) = used.iter().find(|k| !keys.iter().any(|d| d == *k)) {
+                return Err(format!(
+                    "Prefix: !{{partitionKeyFromQuery:{k}}} is not defined by the MetadataExtractionQuery (it defines {})",
+                    keys.join(", ")
+                ));
+            }
+        }
+    }
     let e = match error_prefix {
         Some(src) => {
             let t = Template::parse(src, Kind::ErrorOutputPrefix)
@@ -168,8 +234,10 @@ pub fn validate(
     let probe = DateTime::<Utc>::from_timestamp(4102444799, 999_999_999).unwrap();
     for (name, t) in [("Prefix", Some(&p)), ("ErrorOutputPrefix", e.as_ref())] {
         if let Some(t) = t {
+            // Partition values vary; they are bounded where they are made.
+            let pk: Vec<(&str, &str)> = t.partition_keys().into_iter().map(|k| (k, "")).collect();
             let n = t
-                .eval(probe, "aaaaaaaaaaa", Some("format-conversion-failed"))
+                .eval_with(probe, "aaaaaaaaaaa", Some("format-conversion-failed"), &pk)
                 .len();
             if n > MAX_EVALUATED_PREFIX {
                 return Err(format!(
@@ -439,7 +507,7 @@ mod tests {
             "!{partitionKeyFromQuery:id}/",
             Some("e/!{firehose:error-output-type}"),
             "2026-11-24T13:05:09Z",
-            Err("dynamic partitioning"),
+            Err("needs DynamicPartitioningConfiguration"),
         ),
     ];
 
@@ -459,6 +527,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// (Prefix, keys the query defines, evaluated with event_name=JOIN / error text)
+    const PARTITIONED: &[(&str, &[&str], Result<&str, &str>)] = &[
+        (
+            "event_name=!{partitionKeyFromQuery:event_name}/",
+            &["event_name"],
+            Ok("event_name=JOIN/2026/11/24/13/"),
+        ),
+        (
+            "!{partitionKeyFromQuery:event_name}/!{timestamp:yyyy}/",
+            &["event_name", "x"],
+            Ok("JOIN/2026/"),
+        ),
+        ("static/", &["event_name"], Err("must use at least one")),
+        (
+            "!{partitionKeyFromQuery:nope}/",
+            &["event_name"],
+            Err("not defined by the MetadataExtractionQuery"),
+        ),
+    ];
+
+    #[test]
+    fn partitioned_prefix_table() {
+        for (prefix, keys, want) in PARTITIONED {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let got = validate_partitioned(
+                prefix,
+                Some("err/!{firehose:error-output-type}/"),
+                Some(&keys),
+            )
+            .map(|(t, _)| {
+                t.eval_with(
+                    at("2026-11-24T13:05:09Z"),
+                    "r",
+                    None,
+                    &[("event_name", "JOIN"), ("x", "1")],
+                )
+            });
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(*w), "{prefix}"),
+                Err(w) => assert!(got.as_ref().unwrap_err().contains(w), "{prefix}: {got:?}"),
+            }
+        }
+        let err =
+            Template::parse("e/!{partitionKeyFromQuery:a}", Kind::ErrorOutputPrefix).unwrap_err();
+        assert!(
+            err.contains("may not be used in ErrorOutputPrefix"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -312,7 +312,6 @@ UNSUPPORTED = [
         ),
         "Lambda",
     ),
-    ("snappy", _set_dest(CompressionFormat="Snappy"), "Snappy"),
     ("zip", _set_dest(CompressionFormat="ZIP"), "ZIP"),
     ("hadoop-snappy", _set_dest(CompressionFormat="HADOOP_SNAPPY"), "HADOOP_SNAPPY"),
     ("custom-time-zone", _set_dest(CustomTimeZone="Europe/Paris"), "CustomTimeZone"),

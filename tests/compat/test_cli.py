@@ -159,16 +159,16 @@ def test_cli_unknown_stream_fails(server):
 
 
 def test_cli_unsupported_options_fail(server):
-    """create-delivery-stream with an option hydrant does not implement (Snappy compression,
+    """create-delivery-stream with an option hydrant does not implement (HADOOP_SNAPPY compression,
     tags) exits non-zero with InvalidArgumentException naming it, and creates nothing."""
     p = aws(
         server,
         "create-delivery-stream",
         "--delivery-stream-name", "cli-bad",
-        "--extended-s3-destination-configuration", destination("bad-bucket", compression="Snappy"),
+        "--extended-s3-destination-configuration", destination("bad-bucket", compression="HADOOP_SNAPPY"),
     )
     failed(p, "InvalidArgumentException")
-    assert "Snappy" in p.stderr
+    assert "HADOOP_SNAPPY" in p.stderr
     p = aws(
         server,
         "create-delivery-stream",

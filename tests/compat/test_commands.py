@@ -77,7 +77,7 @@ def test_bench_prints_a_summary_with_throughput_and_latency(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    m = re.search(r"median: (\d+) records/s, ([\d.]+) MB/s, ack latency p50 ([\d.]+) ms, p99 ([\d.]+) ms, p99.9 ([\d.]+) ms, errors (\d+)", r.stdout)
+    m = re.search(r"median hydrant: (\d+) records/s, ([\d.]+) MB/s, ack latency p50 ([\d.]+) ms, p99 ([\d.]+) ms, p99.9 ([\d.]+) ms, errors (\d+)", r.stdout)
     assert m, r.stdout
     assert int(m.group(1)) > 0
     assert float(m.group(3)) <= float(m.group(4)) <= float(m.group(5))
