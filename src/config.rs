@@ -45,6 +45,11 @@ pub struct Config {
     /// Delivery into the lake.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Buckets that live on an S3-compatible service rather than in the
+    /// embedded lake, by bucket name (the NAME of `arn:aws:s3:::NAME`).
+    /// Every other bucket is a directory under `<data_dir>/lake/`.
+    #[serde(default)]
+    pub buckets: std::collections::BTreeMap<String, crate::delivery::store::S3Bucket>,
     /// Delivery streams, each written as a Firehose CreateDeliveryStream
     /// request. They are created at start, or updated if they exist.
     #[serde(default)]

@@ -47,6 +47,7 @@ pub async fn start(
         &opts.data_dir,
         opts.config.log.options(),
         opts.config.delivery.max_active_partitions,
+        &opts.config.buckets,
         opts.config.delivery_streams,
     )
     .await?;

@@ -30,7 +30,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::api::ApiError;
-use crate::delivery::{self, store::LocalStore, Delivery, DeliveryStats};
+use crate::delivery::store::{LocalStore, S3Bucket, Stores};
+use crate::delivery::{self, Delivery, DeliveryStats};
 use crate::log::{Frames, Log, LogError, LogOptions};
 use crate::spec::{self, StreamSpec};
 
@@ -147,7 +148,7 @@ pub struct Registry {
     data_dir: PathBuf,
     opts: LogOptions,
     max_partitions: usize,
-    store: LocalStore,
+    store: Stores,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     /// Serializes create and delete, which touch the disk.
     admin: tokio::sync::Mutex<()>,
@@ -164,19 +165,20 @@ impl Registry {
         data_dir: &Path,
         opts: LogOptions,
         max_partitions: usize,
+        buckets: &BTreeMap<String, S3Bucket>,
         declared: Vec<Value>,
     ) -> anyhow::Result<Registry> {
         use anyhow::Context;
         let streams_dir = data_dir.join("streams");
         std::fs::create_dir_all(&streams_dir)
             .with_context(|| format!("creating {}", streams_dir.display()))?;
-        let store = LocalStore::open(data_dir)
+        let local = LocalStore::open(data_dir)
             .with_context(|| format!("opening the lake in {}", data_dir.display()))?;
         let reg = Registry {
             data_dir: data_dir.to_path_buf(),
             opts,
             max_partitions,
-            store,
+            store: Stores::new(local, buckets).map_err(|e| anyhow::anyhow!("{e}"))?,
             streams: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
         };
@@ -245,7 +247,7 @@ impl Registry {
     }
 
     pub fn lake(&self) -> &Path {
-        self.store.root()
+        self.store.local.root()
     }
 
     fn create_dir(&self, name: &str, meta: &Meta) -> anyhow::Result<()> {

@@ -67,7 +67,7 @@ use crate::spec::{Compression, StreamSpec};
 use encode::Records;
 use prefix::Template;
 use route::Diversion;
-use store::LocalStore;
+use store::Stores;
 
 /// The version in object names. Firehose bumps it on UpdateDestination,
 /// which hydrant does not implement, so it stays 1.
@@ -223,7 +223,7 @@ pub struct Delivery {
     pub incarnation: uuid::Uuid,
     pub dir: PathBuf,
     pub log: Log,
-    pub store: LocalStore,
+    pub store: Stores,
     pub stats: Arc<DeliveryStats>,
     /// Most partitions with an open buffer; records of further ones go to the error output.
     pub max_partitions: usize,
@@ -572,7 +572,7 @@ impl Delivery {
     ) -> Result<(), DeliveryError> {
         let what = format!("writing {}/{key}", self.spec.bucket);
         self.retry(rt, stop, &what, || {
-            self.store.put(&self.spec.bucket, key, body)
+            self.store.put(rt, &self.spec.bucket, key, body)
         })
     }
 

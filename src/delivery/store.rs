@@ -68,3 +68,102 @@ impl LocalStore {
         result
     }
 }
+
+/// A bucket on an S3-compatible service, from the config file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Bucket {
+    /// The service's URL, e.g. `http://127.0.0.1:9000`; AWS itself when absent.
+    pub endpoint: Option<String>,
+    /// The bucket's region. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Credentials; when absent, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    /// (and AWS_SESSION_TOKEN) from the environment.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible servers need. Default true when an endpoint is given.
+    pub path_style: Option<bool>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// Objects larger than this go up in parts (S3's multipart upload), so a
+/// large object never needs one huge request.
+const MULTIPART_BYTES: usize = 16 << 20;
+const PART_BYTES: usize = 8 << 20;
+
+/// Where each bucket lives: S3 for the buckets the config names, the
+/// embedded lake for the rest.
+#[derive(Clone)]
+pub struct Stores {
+    pub local: LocalStore,
+    s3: std::collections::BTreeMap<String, std::sync::Arc<dyn object_store::ObjectStore>>,
+}
+
+impl Stores {
+    pub fn new(
+        local: LocalStore,
+        buckets: &std::collections::BTreeMap<String, S3Bucket>,
+    ) -> Result<Stores, String> {
+        use object_store::aws::AmazonS3Builder;
+        let mut s3 = std::collections::BTreeMap::new();
+        for (bucket, c) in buckets {
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_region(&c.region)
+                // Delivery retries on its own, forever; the client's own
+                // retries only need to ride out a blip.
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: std::time::Duration::from_secs(10),
+                    ..Default::default()
+                });
+            if let Some(e) = &c.endpoint {
+                b = b
+                    .with_endpoint(e)
+                    .with_allow_http(e.starts_with("http://"))
+                    .with_virtual_hosted_style_request(!c.path_style.unwrap_or(true));
+            } else if let Some(p) = c.path_style {
+                b = b.with_virtual_hosted_style_request(!p);
+            }
+            if let Some(k) = &c.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(k) = &c.secret_access_key {
+                b = b.with_secret_access_key(k);
+            }
+            let store = b.build().map_err(|e| format!("buckets.{bucket}: {e}"))?;
+            s3.insert(bucket.clone(), std::sync::Arc::new(store) as _);
+        }
+        Ok(Stores { local, s3 })
+    }
+
+    pub fn is_s3(&self, bucket: &str) -> bool {
+        self.s3.contains_key(bucket)
+    }
+
+    /// Writes an object atomically: a reader sees all of it or none.
+    pub fn put(&self, rt: &tokio::runtime::Handle, bucket: &str, key: &str, bytes: &[u8]) -> io::Result<()> {
+        let Some(store) = self.s3.get(bucket) else {
+            return self.local.put(bucket, key, bytes);
+        };
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(key);
+        rt.block_on(async {
+            if bytes.len() <= MULTIPART_BYTES {
+                store.put(&path, bytes.to_vec().into()).await.map(|_| ())
+            } else {
+                // S3 shows a multipart object only once it is completed.
+                let upload = store.put_multipart(&path).await?;
+                let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                w.write(bytes);
+                w.finish().await.map(|_| ())
+            }
+        })
+        .map_err(io::Error::other)
+    }
+}
