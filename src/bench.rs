@@ -41,6 +41,18 @@ pub struct BenchOptions {
     pub aggregates: usize,
     /// Records per second offered in total; 0 = as fast as acknowledged.
     pub rate: u64,
+    /// Also measure a hydrant whose stream converts to Parquet.
+    pub parquet: bool,
+    /// Probes of the time from acknowledgement to visibility in SQL.
+    pub freshness: usize,
+}
+
+/// What a bench server runs: its variant of the bench stream.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Plain,
+    Aggregates(usize),
+    Parquet,
 }
 
 /// A hydrant process the bench started, removed with its data on drop.
@@ -81,18 +93,33 @@ const AGGREGATES: [&str; 3] = [
     "{ name: distinct_i, window: { type: hopping, size_seconds: 60, slide_seconds: 10 }, measures: [ { op: approx_distinct, field: i } ] }",
 ];
 
-fn bench_config(stream: &str, aggregates: usize) -> String {
+/// The bench stream (JSON lines, or Parquet of the bench records' columns),
+/// and `fresh`, a stream with a 1-second interval for freshness probes.
+fn bench_config(stream: &str, variant: Variant) -> String {
+    let processing = if variant == Variant::Parquet {
+        "DataFormatConversionConfiguration: { Enabled: true, SchemaConfiguration: { Columns: [ { Name: w, Type: int }, { Name: i, Type: int }, { Name: pad, Type: string }, { Name: probe, Type: string } ] } }"
+    } else {
+        "ProcessingConfiguration: { Enabled: true, Processors: [ { Type: AppendDelimiterToRecord } ] }"
+    };
     let mut c = format!(
         r#"delivery_streams:
   - DeliveryStreamName: {stream}
     ExtendedS3DestinationConfiguration:
       RoleARN: arn:aws:iam::000000000000:role/bench
       BucketARN: arn:aws:s3:::bench
+      Prefix: {stream}/
       BufferingHints: {{ SizeInMBs: 64, IntervalInSeconds: 60 }}
+      {processing}
+  - DeliveryStreamName: fresh
+    ExtendedS3DestinationConfiguration:
+      RoleARN: arn:aws:iam::000000000000:role/bench
+      BucketARN: arn:aws:s3:::bench
+      Prefix: fresh/
+      BufferingHints: {{ SizeInMBs: 1, IntervalInSeconds: 1 }}
       ProcessingConfiguration: {{ Enabled: true, Processors: [ {{ Type: AppendDelimiterToRecord }} ] }}
 "#
     );
-    if aggregates > 0 {
+    if let Variant::Aggregates(aggregates) = variant {
         c += &format!("aggregates:\n  {stream}:\n");
         for a in &AGGREGATES[..aggregates] {
             c += &format!("    - {a}\n");
@@ -101,7 +128,7 @@ fn bench_config(stream: &str, aggregates: usize) -> String {
     c
 }
 
-async fn start_own(stream: &str, aggregates: usize) -> anyhow::Result<(Own, String)> {
+async fn start_own(stream: &str, variant: Variant) -> anyhow::Result<(Own, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -109,7 +136,7 @@ async fn start_own(stream: &str, aggregates: usize) -> anyhow::Result<(Own, Stri
         std::env::current_dir()?.join(format!(".hydrant-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.yaml");
-    std::fs::write(&config, bench_config(stream, aggregates))?;
+    std::fs::write(&config, bench_config(stream, variant))?;
     let child = Command::new(std::env::current_exe()?)
         .args([
             "serve",
@@ -150,6 +177,64 @@ struct RunResult {
     cpu_s_per_gb: Option<f64>,
     /// Acknowledgement-to-live-feed latency of probe records, sorted (ms).
     feed_ms: Vec<f64>,
+    /// Record data per second from the run's start until delivery drained
+    /// everything acknowledged (MB/s); NaN for a foreign endpoint.
+    delivered_mb_per_s: f64,
+}
+
+/// Waits until the stream's log is delivered; returns when that happened.
+async fn drained(endpoint: &str, stream: &str) -> Option<Instant> {
+    let url = format!("{endpoint}/-/streams");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let body = reqwest::get(&url).await.ok()?.bytes().await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let lag = v["streams"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == stream)?["lag_records"]
+            .as_u64()?;
+        if lag == 0 {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Time from acknowledging a record to seeing it in a SQL query, `n` times.
+async fn freshness(t: &Target, n: usize) -> anyhow::Result<Vec<f64>> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for k in 0..n {
+        let id = format!("f{}-{k}", uuid::Uuid::new_v4().simple());
+        let record = format!(r#"{{"probe":"{id}"}}"#).into_bytes();
+        t.client
+            .put_batch_body(batch_body("fresh", &[record]))
+            .await?;
+        let acked = Instant::now();
+        let sql = format!("SELECT count(*) FROM fresh WHERE probe = '{id}'");
+        loop {
+            let r = http
+                .post(format!("{}/-/query", t.endpoint))
+                .body(sql.clone())
+                .send()
+                .await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.bytes().await?).unwrap_or_default();
+            if v["rows"] == serde_json::json!([[1]]) {
+                out.push(acked.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            anyhow::ensure!(
+                acked.elapsed() < Duration::from_secs(30),
+                "probe {id} not visible after 30 s: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(out)
 }
 
 /// Sequential 1 MiB appends, each followed by fdatasync, for `d`.
@@ -307,7 +392,12 @@ async fn one_run(opts: &BenchOptions, t: &Target) -> anyhow::Result<RunResult> {
         _ => None,
     };
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let delivered_mb_per_s = match (&t.own, drained(&t.endpoint, &opts.stream).await) {
+        (Some(_), Some(at)) => ok_bytes as f64 / 1e6 / (at - start).as_secs_f64(),
+        _ => f64::NAN,
+    };
     Ok(RunResult {
+        delivered_mb_per_s,
         records_per_s: ok as f64 / secs,
         mb_per_s: ok_bytes as f64 / 1e6 / secs,
         p50_ms: percentile(&lat, 0.50),
@@ -353,18 +443,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         AGGREGATES.len()
     );
     anyhow::ensure!(
-        opts.aggregates == 0 || opts.endpoint.is_none(),
-        "--aggregates starts its own servers; it cannot be combined with --endpoint"
+        (opts.aggregates == 0 && !opts.parquet && opts.freshness == 0) || opts.endpoint.is_none(),
+        "--aggregates, --parquet and --freshness start their own servers; they cannot be combined with --endpoint"
     );
     let mut targets = Vec::new();
     match &opts.endpoint {
         Some(e) => {
             let client = Firehose::new(e);
             if !client.stream_exists(&opts.stream).await? {
-                let request: serde_json::Value =
-                    serde_yaml_ng::from_str::<serde_json::Value>(&bench_config(&opts.stream, 0))?
-                        ["delivery_streams"][0]
-                        .clone();
+                let request: serde_json::Value = serde_yaml_ng::from_str::<serde_json::Value>(
+                    &bench_config(&opts.stream, Variant::Plain),
+                )?["delivery_streams"][0]
+                    .clone();
                 client
                     .create(&request)
                     .await
@@ -379,16 +469,20 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             });
         }
         None => {
-            let mut variants = vec![0];
+            let mut variants = vec![Variant::Plain];
             if opts.aggregates > 0 {
-                variants.push(opts.aggregates);
+                variants.push(Variant::Aggregates(opts.aggregates));
             }
-            for n in variants {
-                let (own, url) = start_own(&opts.stream, n).await?;
-                let label = if n == 0 {
-                    "hydrant".into()
-                } else {
-                    format!("hydrant+{n} aggregates")
+            if opts.parquet {
+                variants.push(Variant::Parquet);
+            }
+            for v in variants {
+                let (own, url) = start_own(&opts.stream, v).await?;
+                let n = if let Variant::Aggregates(n) = v { n } else { 0 };
+                let label = match v {
+                    Variant::Plain => "hydrant".into(),
+                    Variant::Aggregates(n) => format!("hydrant+{n} aggregates"),
+                    Variant::Parquet => "hydrant parquet".into(),
                 };
                 targets.push(Target {
                     label,
@@ -491,7 +585,28 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             } else {
                 String::new()
             },
-            ""
+            {
+                let d = m(|r| r.delivered_mb_per_s);
+                let base_d = median(results[0].iter().map(|r| r.delivered_mb_per_s).collect());
+                if d.is_finite() {
+                    format!(
+                        "; delivered into the lake at {d:.1} MB/s of record data ({:.2}x of plain hydrant)",
+                        d / base_d
+                    )
+                } else {
+                    String::new()
+                }
+            }
+        );
+    }
+    if opts.freshness > 0 {
+        let f = freshness(&targets[0], opts.freshness).await?;
+        println!(
+            "freshness (acknowledged to visible in SQL, 1 s buffer interval, {} probes): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            f.len(),
+            percentile(&f, 0.5),
+            percentile(&f, 0.99),
+            f.last().copied().unwrap_or(f64::NAN)
         );
     }
     Ok(())

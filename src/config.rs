@@ -50,6 +50,12 @@ pub struct Config {
     /// Every other bucket is a directory under `<data_dir>/lake/`.
     #[serde(default)]
     pub buckets: std::collections::BTreeMap<String, crate::delivery::store::S3Bucket>,
+    /// Tables a stream's DataFormatConversionConfiguration can name, as it
+    /// names a Glue table (`SchemaConfiguration: {DatabaseName, TableName}`),
+    /// keyed `database.table`: `{columns: [{Name, Type}]}` with Hive types,
+    /// or `{infer_from_data: true}`.
+    #[serde(default)]
+    pub glue_tables: crate::spec::Catalog,
     /// Delivery streams, each written as a Firehose CreateDeliveryStream
     /// request. They are created at start, or updated if they exist.
     #[serde(default)]
@@ -151,7 +157,7 @@ impl Config {
         }
         // Validate each stream now, so a mistake names the file and the entry.
         for (index, s) in config.delivery_streams.iter().enumerate() {
-            if let Err(e) = crate::spec::parse(s) {
+            if let Err(e) = crate::spec::parse(s, &config.glue_tables) {
                 return Err(ConfigError::Stream {
                     file: file.into(),
                     index,

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod generate;
 pub mod log;
 pub mod metrics;
+pub mod query;
 pub mod server;
 pub mod spec;
 pub mod stream;

@@ -67,6 +67,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "chat")]
         scenario: Scenario,
     },
+    /// Run SQL over the lake of a running hydrant: every delivery stream is a
+    /// table (quote names with '-', or use '_' for them: my_event_staging).
+    Query {
+        /// The SQL, e.g. "SELECT event_name, count(*) FROM my_event_staging GROUP BY 1".
+        sql: String,
+        #[arg(long, default_value = "http://127.0.0.1:4577")]
+        endpoint: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: QueryFormat,
+    },
     /// Load-test a Firehose endpoint (or a hydrant it starts) with PutRecordBatch.
     Bench {
         /// Endpoint to load; without it, bench starts its own hydrant.
@@ -94,7 +104,51 @@ enum Command {
         /// Records per second to offer in total; 0 = as fast as acknowledged.
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Also measure a hydrant whose stream converts the records to Parquet.
+        #[arg(long)]
+        parquet: bool,
+        /// After the runs, time this many records from acknowledgement to
+        /// visibility in SQL (a stream with a 1-second interval).
+        #[arg(long, default_value_t = 0)]
+        freshness: usize,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum QueryFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+async fn query(sql: String, endpoint: String, format: QueryFormat) -> anyhow::Result<()> {
+    let format = match format {
+        QueryFormat::Table => "table",
+        QueryFormat::Json => "json",
+        QueryFormat::Csv => "csv",
+    };
+    let url = format!("{}/-/query?format={format}", endpoint.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(sql)
+        .send()
+        .await
+        .with_context(|| format!("is hydrant running at {endpoint}?"))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await?;
+    if !ok {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or(body);
+        anyhow::bail!("{msg}");
+    }
+    print!("{body}");
+    if format == "json" {
+        println!();
+    }
+    Ok(())
 }
 
 fn init_tracing() {
@@ -119,6 +173,11 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 config,
             } => serve(listen, data_dir, config).await,
+            Command::Query {
+                sql,
+                endpoint,
+                format,
+            } => query(sql, endpoint, format).await,
             Command::Demo {
                 listen,
                 data_dir,
@@ -153,6 +212,8 @@ fn main() -> anyhow::Result<()> {
                 runs,
                 aggregates,
                 rate,
+                parquet,
+                freshness,
             } => {
                 hydrant::bench::run(hydrant::bench::BenchOptions {
                     endpoint,
@@ -164,6 +225,8 @@ fn main() -> anyhow::Result<()> {
                     runs,
                     aggregates,
                     rate,
+                    parquet,
+                    freshness,
                 })
                 .await
             }

@@ -48,6 +48,7 @@ pub async fn start(
         opts.config.log.options(),
         opts.config.delivery.max_active_partitions,
         &opts.config.buckets,
+        opts.config.glue_tables,
         opts.config.delivery_streams,
     )
     .await?;

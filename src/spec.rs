@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::ApiError;
+use crate::delivery::parquet::{ParquetCompression, ParquetOptions, TableSchema};
 use crate::delivery::prefix::{self, Template};
 use crate::delivery::route::PartitionQuery;
 
@@ -61,6 +62,42 @@ impl Compression {
     }
 }
 
+/// How records are written into objects.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// As they came (JSON lines with AppendDelimiterToRecord).
+    Raw,
+    /// Firehose's record format conversion: JSON records into Parquet.
+    Parquet {
+        schema: ParquetSchema,
+        options: ParquetOptions,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum ParquetSchema {
+    /// Columns given inline (SchemaConfiguration.Columns).
+    Declared(TableSchema),
+    /// Inferred from the data, growing new nullable columns as they appear.
+    Inferred,
+}
+
+/// hydrant's stand-in for the Glue Data Catalog: tables a
+/// DataFormatConversionConfiguration can name (`DatabaseName`, `TableName`),
+/// from the config file's `glue_tables`, keyed `database.table`.
+pub type Catalog = BTreeMap<String, CatalogTable>;
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogTable {
+    /// The columns, in Glue's Column shape: `{Name, Type}` with a Hive type.
+    #[serde(default)]
+    pub columns: Vec<ColumnIn>,
+    /// Instead of columns: infer the schema from the data.
+    #[serde(default)]
+    pub infer_from_data: bool,
+}
+
 /// What delivery needs to know about a stream, validated.
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
@@ -81,6 +118,7 @@ pub struct StreamSpec {
     pub file_extension: Option<String>,
     /// Dynamic partitioning: the MetadataExtraction query.
     pub partition: Option<PartitionQuery>,
+    pub format: Format,
     /// The request this spec came from, as persisted.
     pub request: Value,
 }
@@ -130,10 +168,49 @@ struct Destination {
     file_extension: Option<String>,
     custom_time_zone: Option<String>,
     dynamic_partitioning_configuration: Option<DynamicPartitioning>,
+    data_format_conversion_configuration: Option<Conversion>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Conversion {
+    enabled: Option<bool>,
+    schema_configuration: Option<SchemaConfiguration>,
+    input_format_configuration: Option<Value>,
+    output_format_configuration: Option<Value>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SchemaConfiguration {
+    /// hydrant's inline columns, in Glue's Column shape.
+    columns: Option<Vec<ColumnIn>>,
+    /// hydrant's: infer the schema from the data.
+    infer_from_data: Option<bool>,
+    #[serde(rename = "RoleARN")]
+    role_arn: Option<String>,
+    database_name: Option<String>,
+    table_name: Option<String>,
+    /// One catalog here, so its id and region only identify it.
+    catalog_id: Option<String>,
+    region: Option<String>,
+    version_id: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ColumnIn {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub comment: Option<String>,
+}
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DynamicPartitioning {
@@ -250,7 +327,7 @@ fn check_key_path(what: &str, prefix: &str) -> Result<(), ApiError> {
 }
 
 /// Parses and validates a CreateDeliveryStream request.
-pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
+pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError> {
     let req: CreateRequest = serde_json::from_value(request.clone())
         .map_err(|e| ApiError::serialization(format!("CreateDeliveryStream: {e}")))?;
     let name = req
@@ -508,6 +585,23 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
         }
         (false, None) => None,
     };
+    let format = match dest.data_format_conversion_configuration {
+        None => Format::Raw,
+        Some(c) => conversion(path, c, catalog)?,
+    };
+    if let Format::Parquet { .. } = format {
+        if compression != Compression::Uncompressed {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}CompressionFormat must be UNCOMPRESSED when DataFormatConversionConfiguration is enabled; \
+                 set the Parquet compression in ParquetSerDe.Compression"
+            )));
+        }
+        if append_delimiter {
+            return Err(ApiError::invalid_argument(format!(
+                "{path}AppendDelimiterToRecord has no meaning for Parquet output; remove it"
+            )));
+        }
+    }
     let names = partition.as_ref().map(|q| q.names());
     let (prefix_template, error_template) =
         prefix::validate_partitioned(&prefix, error_output_prefix.as_deref(), names.as_deref())
@@ -529,8 +623,128 @@ pub fn parse(request: &Value) -> Result<StreamSpec, ApiError> {
         append_delimiter,
         file_extension: dest.file_extension.filter(|e| !e.is_empty()),
         partition,
+        format,
         request: request.clone(),
     })
+}
+
+/// Firehose's DataFormatConversionConfiguration, JSON in and Parquet out.
+/// Firehose reads the schema from a Glue table; hydrant has no catalog and
+/// takes the columns inline (SchemaConfiguration.Columns, Glue's Column
+/// shape), or infers them from the data (SchemaConfiguration.InferFromData).
+fn conversion(path: &str, c: Conversion, catalog: &Catalog) -> Result<Format, ApiError> {
+    let p = format!("{path}DataFormatConversionConfiguration.");
+    unsupported(&p, &c.other)?;
+    if c.enabled == Some(false) {
+        return Ok(Format::Raw);
+    }
+    let bad = |m: String| Err(ApiError::invalid_argument(format!("{p}{m}")));
+    let sc = match c.schema_configuration {
+        Some(sc) => sc,
+        None => {
+            return bad(
+                "SchemaConfiguration is required: give Columns, or InferFromData: true".into(),
+            )
+        }
+    };
+    if let Some(k) = sc.other.keys().next() {
+        return bad(format!(
+            "SchemaConfiguration.{k} is not a SchemaConfiguration field"
+        ));
+    }
+    let _ = (sc.role_arn, sc.catalog_id, sc.region);
+    if sc.version_id.as_deref().is_some_and(|v| v != "LATEST") {
+        return bad("SchemaConfiguration.VersionId: hydrant's catalog keeps one version of a table; use LATEST".into());
+    }
+    let (columns, infer) = match (sc.database_name, sc.table_name, sc.columns, sc.infer_from_data) {
+        (Some(db), Some(table), None, None) => {
+            let name = format!("{db}.{table}");
+            let t = catalog.get(&name).ok_or_else(|| {
+                ApiError::invalid_argument(format!(
+                    "{p}SchemaConfiguration: there is no table {name} in hydrant's catalog; \
+                     declare it under glue_tables in the config file"
+                ))
+            })?;
+            (Some(t.columns.clone()).filter(|c| !c.is_empty()), Some(t.infer_from_data))
+        }
+        (None, None, columns, infer) => (columns, infer),
+        _ => {
+            return bad(
+                "SchemaConfiguration names a table (DatabaseName and TableName, from glue_tables in the config file) \
+                 or gives the schema inline (Columns, or InferFromData: true), not both"
+                    .into(),
+            )
+        }
+    };
+    let schema = match (columns, infer) {
+        (Some(cols), None | Some(false)) if !cols.is_empty() => {
+            let cols: Vec<(String, String)> = cols.into_iter().map(|c| (c.name, c.kind)).collect();
+            ParquetSchema::Declared(
+                TableSchema::from_columns(&cols)
+                    .map_err(|e| ApiError::invalid_argument(format!("{p}SchemaConfiguration.Columns: {e}")))?,
+            )
+        }
+        (None, Some(true)) => ParquetSchema::Inferred,
+        _ => return bad("SchemaConfiguration needs either a non-empty Columns list or InferFromData: true, not both".into()),
+    };
+    // Input: JSON, read as OpenX's and Hive's SerDes read it by default.
+    if let Some(input) = c.input_format_configuration {
+        let d = &input["Deserializer"];
+        let serde = d.as_object().and_then(|o| o.iter().next());
+        match serde {
+            Some((name, opts)) if name == "OpenXJsonSerDe" || name == "HiveJsonSerDe" => {
+                for (k, v) in opts.as_object().into_iter().flatten() {
+                    let default = matches!((k.as_str(), v), ("CaseInsensitive", Value::Bool(true)) | ("ConvertDotsInJsonKeysToUnderscores", Value::Bool(false)));
+                    if !default {
+                        return bad(format!(
+                            "InputFormatConfiguration.Deserializer.{name}.{k} = {v} is not supported: hydrant matches JSON keys \
+                             to columns case-insensitively, dots unchanged"
+                        ));
+                    }
+                }
+            }
+            _ => return bad("InputFormatConfiguration.Deserializer must be OpenXJsonSerDe or HiveJsonSerDe (JSON input)".into()),
+        }
+    }
+    let mut options = ParquetOptions::default();
+    if let Some(out) = c.output_format_configuration {
+        let s = &out["Serializer"];
+        if s.get("OrcSerDe").is_some() {
+            return bad("OutputFormatConfiguration.Serializer.OrcSerDe is not supported by hydrant; use ParquetSerDe".into());
+        }
+        let Some(pq) = s.get("ParquetSerDe").and_then(|v| v.as_object()) else {
+            return bad("OutputFormatConfiguration.Serializer must be ParquetSerDe".into());
+        };
+        for (k, v) in pq {
+            match (k.as_str(), v) {
+                ("BlockSizeBytes", Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 64 << 20) => {
+                    options.block_size_bytes = n.as_u64().unwrap() as usize
+                }
+                ("PageSizeBytes", Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 64 << 10) => {
+                    options.page_size_bytes = n.as_u64().unwrap() as usize
+                }
+                ("EnableDictionaryCompression", Value::Bool(b)) => options.enable_dictionary = *b,
+                ("MaxPaddingBytes", Value::Number(n)) if n.as_u64() == Some(0) => {}
+                ("WriterVersion", Value::String(w)) if w == "V1" => {}
+                ("Compression", Value::String(c)) => {
+                    options.compression = match c.as_str() {
+                        "SNAPPY" => ParquetCompression::Snappy,
+                        "GZIP" => ParquetCompression::Gzip,
+                        "UNCOMPRESSED" => ParquetCompression::Uncompressed,
+                        "ZSTD" => ParquetCompression::Zstd,
+                        other => return bad(format!("ParquetSerDe.Compression {other:?} must be SNAPPY, GZIP, ZSTD or UNCOMPRESSED")),
+                    }
+                }
+                (k, v) => {
+                    return bad(format!(
+                        "ParquetSerDe.{k} = {v} is not supported (BlockSizeBytes ≥ 64 MiB, PageSizeBytes ≥ 64 KiB, \
+                         Compression, EnableDictionaryCompression, MaxPaddingBytes 0, WriterVersion V1)"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(Format::Parquet { schema, options })
 }
 
 /// The MetadataExtraction processor's parameters: the query, and the JQ-1.6
@@ -583,7 +797,7 @@ mod tests {
 
     #[test]
     fn the_article_stream_parses_one_to_one() {
-        let s = parse(&article()).unwrap();
+        let s = parse(&article(), &Catalog::new()).unwrap();
         assert_eq!(s.name, "my-event-staging");
         assert_eq!(s.bucket, "data.staging.aws");
         assert_eq!(s.prefix, "events/my-event-staging/");
@@ -599,7 +813,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("BufferingHints");
-        let s = parse(&r).unwrap();
+        let s = parse(&r, &Catalog::new()).unwrap();
         assert_eq!((s.size_mb, s.interval_seconds), (5, 300));
     }
 
@@ -667,9 +881,9 @@ mod tests {
         ),
         (
             "/ExtendedS3DestinationConfiguration/DataFormatConversionConfiguration",
-            r#"{"Enabled":true}"#,
+            r#"{"Enabled":true,"SchemaConfiguration":{"DatabaseName":"db","TableName":"t"}}"#,
             "InvalidArgumentException",
-            "DataFormatConversionConfiguration",
+            "no table db.t in hydrant's catalog",
         ),
         (
             "/ExtendedS3DestinationConfiguration/DynamicPartitioningConfiguration",
@@ -759,7 +973,7 @@ mod tests {
         for (pointer, value, code, text) in REJECTIONS {
             let mut r = article();
             set(&mut r, pointer, serde_json::from_str(value).unwrap());
-            let err = parse(&r).expect_err(pointer);
+            let err = parse(&r, &Catalog::new()).expect_err(pointer);
             assert_eq!(err.code, *code, "{pointer} = {value}: {}", err.message);
             assert!(
                 err.message.contains(text),
@@ -790,7 +1004,7 @@ mod tests {
             &format!("{d}/ProcessingConfiguration"),
             json!({"Enabled": true, "Processors": [{"Type": "AppendDelimiterToRecord"}]}),
         );
-        let s = parse(&r).unwrap();
+        let s = parse(&r, &Catalog::new()).unwrap();
         assert!(s.append_delimiter);
         assert_eq!(s.extension(), ".json");
     }
@@ -819,7 +1033,7 @@ mod tests {
             {"ParameterName": "MetadataExtractionQuery", "ParameterValue": q},
             {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]})
         };
-        assert!(parse(&r)
+        assert!(parse(&r, &Catalog::new())
             .unwrap_err()
             .message
             .contains("no MetadataExtraction processor"));
@@ -828,14 +1042,14 @@ mod tests {
             &format!("{d}/ProcessingConfiguration"),
             query("{event_name: .event_name}"),
         );
-        let s = parse(&r).unwrap();
+        let s = parse(&r, &Catalog::new()).unwrap();
         assert_eq!(s.partition.unwrap().names(), ["event_name"]);
         set(
             &mut r,
             &format!("{d}/ProcessingConfiguration"),
             query("{other: .x}"),
         );
-        assert!(parse(&r)
+        assert!(parse(&r, &Catalog::new())
             .unwrap_err()
             .message
             .contains("not defined by the MetadataExtractionQuery"));
@@ -844,7 +1058,10 @@ mod tests {
             &format!("{d}/ProcessingConfiguration"),
             query(".event_name | ascii"),
         );
-        assert!(parse(&r).unwrap_err().message.contains("simple paths"));
+        assert!(parse(&r, &Catalog::new())
+            .unwrap_err()
+            .message
+            .contains("simple paths"));
     }
 
     #[test]
@@ -853,7 +1070,7 @@ mod tests {
             "DeliveryStreamName": "s",
             "S3DestinationConfiguration": {"RoleARN": "r", "BucketARN": "arn:aws:s3:::bkt", "FileExtension": ".x"}
         });
-        let err = parse(&r).unwrap_err();
+        let err = parse(&r, &Catalog::new()).unwrap_err();
         assert!(err
             .message
             .contains("FileExtension is not a field of S3DestinationConfiguration"));

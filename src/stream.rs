@@ -148,6 +148,7 @@ pub struct Registry {
     data_dir: PathBuf,
     opts: LogOptions,
     max_partitions: usize,
+    catalog: spec::Catalog,
     store: Stores,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     /// Serializes create and delete, which touch the disk.
@@ -166,6 +167,7 @@ impl Registry {
         opts: LogOptions,
         max_partitions: usize,
         buckets: &BTreeMap<String, S3Bucket>,
+        catalog: spec::Catalog,
         declared: Vec<Value>,
     ) -> anyhow::Result<Registry> {
         use anyhow::Context;
@@ -178,6 +180,7 @@ impl Registry {
             data_dir: data_dir.to_path_buf(),
             opts,
             max_partitions,
+            catalog,
             store: Stores::new(local, buckets).map_err(|e| anyhow::anyhow!("{e}"))?,
             streams: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -202,7 +205,8 @@ impl Registry {
         }
         let mut names_declared = std::collections::BTreeSet::new();
         for request in declared {
-            let spec = spec::parse(&request).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let spec = spec::parse(&request, &reg.catalog)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let name = spec.name.clone();
             if !names_declared.insert(name.clone()) {
                 anyhow::bail!("delivery stream {name} is declared twice");
@@ -230,7 +234,7 @@ impl Registry {
             }
         }
         for (name, mut meta) in on_disk {
-            let spec = spec::parse(&meta.request).map_err(|e| {
+            let spec = spec::parse(&meta.request, &reg.catalog).map_err(|e| {
                 anyhow::anyhow!(
                     "stored delivery stream {name} is no longer valid: {}",
                     e.message
@@ -244,6 +248,11 @@ impl Registry {
             reg.start(spec, meta, streams_dir.join(&name))?;
         }
         Ok(reg)
+    }
+
+    /// True if the bucket lives on an S3 service rather than the embedded lake.
+    pub fn is_s3(&self, bucket: &str) -> bool {
+        self.store.is_s3(bucket)
     }
 
     pub fn lake(&self) -> &Path {
@@ -306,7 +315,7 @@ impl Registry {
 
     /// CreateDeliveryStream.
     pub async fn create(&self, request: Value) -> Result<Arc<Stream>, ApiError> {
-        let spec = spec::parse(&request)?;
+        let spec = spec::parse(&request, &self.catalog)?;
         let _admin = self.admin.lock().await;
         if self.get(&spec.name).is_some() {
             return Err(ApiError::in_use(format!(

@@ -46,6 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/-/metrics", get(metrics))
         .route("/-/api/aggregates", get(aggregates))
         .route("/-/api/live", get(live))
+        .route("/-/query", post(query))
         .route("/-/", get(dashboard::index))
         .route("/-/assets/app.js", get(dashboard::app_js))
         .route("/-/assets/app.css", get(dashboard::app_css))
@@ -99,6 +100,70 @@ async fn streams(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let body = crate::metrics::render(&app.registry.list(), &app.analytics.metrics());
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct QueryParams {
+    format: Option<String>,
+}
+
+/// SQL over the lake. The body is the SQL text (or `{"sql": "..."}`);
+/// `?format=json` (default), `csv` or `table`.
+async fn query(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(params): axum::extract::Query<QueryParams>,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let sql = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) if v.get("sql").and_then(|s| s.as_str()).is_some() => {
+            v["sql"].as_str().unwrap().to_string()
+        }
+        _ => text.into_owned(),
+    };
+    let fail = |status: StatusCode, msg: String| {
+        (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    let format = params.format.unwrap_or_else(|| "json".into());
+    if !["json", "csv", "table"].contains(&format.as_str()) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!("format {format:?} must be json, csv or table"),
+        );
+    }
+    if sql.trim().is_empty() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "the body must be a SQL query".into(),
+        );
+    }
+    let (tables, skipped) = crate::query::lake_tables(&app.registry);
+    let lake = match crate::query::Lake::new(tables).await {
+        Ok(l) => l,
+        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match lake.sql(&sql).await {
+        Ok(batches) => match format.as_str() {
+            "csv" => (
+                [("content-type", "text/csv")],
+                crate::query::to_csv(&batches),
+            )
+                .into_response(),
+            "table" => (
+                [("content-type", "text/plain; charset=utf-8")],
+                crate::query::to_table(&batches) + "\n",
+            )
+                .into_response(),
+            _ => axum::Json(crate::query::to_json(&batches)).into_response(),
+        },
+        Err(e) => {
+            let mut msg = e.to_string();
+            if !skipped.is_empty() {
+                msg += &format!(" (not tables: {})", skipped.join(", "));
+            }
+            fail(StatusCode::BAD_REQUEST, msg)
+        }
+    }
 }
 
 async fn aggregates(State(app): State<Arc<App>>) -> Response {

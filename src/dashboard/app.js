@@ -31,6 +31,7 @@ function el(tag, attrs = {}, ...kids) {
 // ---- formatting -------------------------------------------------------------
 
 const intFmt = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+const floatFmt = new Intl.NumberFormat('en-US', { maximumSignificantDigits: 12 });
 const fmtInt = (n) => (Number.isFinite(n) ? intFmt.format(n) : '–');
 function fmtNum(n) {
   if (n == null || !Number.isFinite(n)) return '–';
@@ -74,6 +75,7 @@ function frame() {
   const theme = readTheme();
   for (const s of streams.values()) if (s.sparkDirty) drawSpark(s, theme);
   for (const a of aggs.values()) if (a.dirty) drawChart(a, theme);
+  if (query.dirty) drawQueryChart(theme);
 }
 
 function readTheme() {
@@ -160,6 +162,7 @@ function onStats(msg) {
   }
   for (const [name, st] of streams) if (!seen.has(name)) { st.row.remove(); streams.delete(name); }
   $('#stream-count').textContent = `${streams.size} stream${streams.size === 1 ? '' : 's'}`;
+  showTables([...streams.keys()].sort());
   schedule();
 }
 
@@ -689,8 +692,230 @@ function drawHover(a, ctx, visible, xs, slot, X, Y, box, ph, mode, theme) {
   a.tip.style.top = `${box.t}px`;
 }
 
+// ---- the query box ----------------------------------------------------------
+
+const QUERY_ROWS = 1000; // rows put into the table; more only slow the page down
+const QUERY_BARS = 200;  // bars drawn at most; past that a bar chart is no longer readable
+const QUERY_KEY = 'hydrant.query';
+// For the demo's streams. revenue_by_minute gets its first rows a minute or two in:
+// a window lands once it has closed and the stream's 60 s buffer has flushed.
+const EXAMPLES = [
+  ['events by name', 'SELECT event_name, count(*) AS events FROM my_event_staging GROUP BY event_name ORDER BY events DESC'],
+  ['revenue by source', 'SELECT source, round(sum(amount), 2) AS revenue, count(*) AS orders, round(avg(amount), 2) AS avg_order\nFROM revenue GROUP BY source ORDER BY revenue DESC'],
+  ['closed windows', 'SELECT window_start, round(sum(revenue), 2) AS revenue, sum(orders) AS orders\nFROM revenue_by_minute GROUP BY window_start ORDER BY window_start'],
+];
+// Arrow type names as the server spells them ("Int64", "Utf8View", "Timestamp(ns)", …).
+const NUMERIC_TYPE = /^(U?Int|Float|Decimal)\d/;
+const LABEL_TYPE = /^(Utf8|LargeUtf8|Utf8View|Timestamp|Date|Time)|^Dictionary\(.*Utf8/;
+const ISO_TIME = /^\d{4}-\d\d-\d\d[T ]\d\d:\d\d/;
+
+const query = { ctrl: null, chart: null, hover: null, dirty: false };
+
+function setupQuery() {
+  const sql = $('#query-sql');
+  try { sql.value = localStorage.getItem(QUERY_KEY) || sql.value; } catch { /* no storage */ }
+  sql.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); runQuery(); }
+  });
+  $('#query-run').addEventListener('click', () => runQuery());
+  $('#query-examples').append(...EXAMPLES.map(([label, text]) => el('button', {
+    type: 'button', class: 'example', title: text,
+    onclick: () => { sql.value = text; runQuery(); },
+  }, label)));
+  const canvas = $('#query-chart');
+  canvas.addEventListener('mousemove', (e) => { query.hover = e.offsetX; query.dirty = true; schedule(); });
+  canvas.addEventListener('mouseleave', () => { query.hover = null; query.dirty = true; schedule(); });
+  new ResizeObserver(() => { query.dirty = true; schedule(); }).observe(canvas);
+}
+
+// Streams come and go with the config; the hint names them as SQL can write them unquoted.
+function showTables(names) {
+  const text = names.length ? `every stream is a table: ${names.map((n) => n.replace(/[-.]/g, '_')).join(', ')}` : '';
+  const hint = $('#query-tables');
+  if (hint.textContent !== text) hint.textContent = text;
+}
+
+async function runQuery() {
+  const sql = $('#query-sql').value;
+  if (!sql.trim()) return;
+  try { localStorage.setItem(QUERY_KEY, sql); } catch { /* no storage */ }
+  // A newer run replaces one still in flight, so results never arrive out of order.
+  query.ctrl?.abort();
+  const ctrl = query.ctrl = new AbortController();
+  setQueryStatus('running', 'running…');
+  const t0 = performance.now();
+  let body = null, error = '';
+  try {
+    const res = await fetch('/-/query?format=json', {
+      method: 'POST', headers: { 'content-type': 'text/plain; charset=utf-8' }, body: sql, cache: 'no-store', signal: ctrl.signal,
+    });
+    // Errors are {"error": …}; anything else (a proxy's page, an older hydrant) falls back to the status.
+    body = await res.json().catch(() => null);
+    if (!res.ok || !Array.isArray(body?.rows)) error = body?.error || `HTTP ${res.status} ${res.statusText}`.trim();
+  } catch (err) {
+    error = `the query did not reach hydrant: ${err.message}`;
+  }
+  if (query.ctrl !== ctrl) return;
+  query.ctrl = null;
+  const ms = Math.round(performance.now() - t0);
+  if (error) {
+    showResult([], []);
+    setQueryStatus('error', el('span', { class: 'query-error' }, error), el('span', { class: 'elapsed' }, ` · ${fmtInt(ms)} ms`));
+  } else {
+    const { columns = [], rows } = body;
+    showResult(columns, rows);
+    const n = rows.length;
+    setQueryStatus('ok', `${n ? fmtInt(n) : 'no'} row${n === 1 ? '' : 's'} · ${fmtInt(ms)} ms`,
+      n > QUERY_ROWS ? el('span', { class: 'warn' }, ` · the table shows the first ${fmtInt(QUERY_ROWS)}; add a LIMIT or aggregate`) : '');
+  }
+}
+
+function setQueryStatus(state, ...parts) {
+  const st = $('#query-status');
+  st.dataset.state = state;
+  st.replaceChildren(...parts);
+}
+
+function showResult(columns, rows) {
+  const numeric = columns.map((c) => NUMERIC_TYPE.test(c.type));
+  const head = el('tr', {}, ...columns.map((c, i) => el('th', { class: numeric[i] ? '' : 'l', title: c.type }, c.name)));
+  const body = rows.slice(0, QUERY_ROWS).map((r) => el('tr', {}, ...r.map((v, i) => resultCell(v, numeric[i]))));
+  $('#query-result').replaceChildren(...(columns.length ? [el('thead', {}, head), el('tbody', {}, ...body)] : []));
+  query.chart = chartOf(columns, rows);
+  query.hover = null;
+  $('#query-chart').closest('.plot').hidden = !query.chart;
+  $('.query-out').classList.toggle('with-chart', !!query.chart);
+  query.dirty = true;
+  schedule();
+}
+
+function resultCell(v, numeric) {
+  if (v === null) return el('td', { class: numeric ? 'null' : 'l null' }, 'null');
+  if (typeof v === 'number') {
+    // 12 digits hide float noise (0.30000000000000004); the title keeps the value as it came.
+    return el('td', { title: String(v) }, (Number.isInteger(v) ? intFmt : floatFmt).format(v));
+  }
+  const text = typeof v === 'object' ? JSON.stringify(v) : String(v);
+  // Long cells are cut by the stylesheet; the title shows them whole.
+  return el('td', text.length > 60 ? { class: 'l', title: text } : { class: 'l' }, text);
+}
+
+// A bar chart of the first numeric column by the first text or time column, in result order.
+function chartOf(columns, rows) {
+  const li = columns.findIndex((c) => LABEL_TYPE.test(c.type));
+  const vi = columns.findIndex((c) => NUMERIC_TYPE.test(c.type));
+  if (li < 0 || vi < 0) return null;
+  const bars = rows.slice(0, QUERY_BARS).map((r) => ({
+    full: r[li] === null ? 'null' : String(r[li]),
+    y: typeof r[vi] === 'number' ? r[vi] : null, // null and NaN (sent as text) leave a gap
+  }));
+  if (!bars.some((b) => b.y !== null)) return null;
+  const labels = timeLabels(bars.map((b) => b.full));
+  bars.forEach((b, i) => { b.label = labels[i]; });
+  return { bars, total: rows.length, what: `${columns[vi].name} by ${columns[li].name}`, value: columns[vi].name };
+}
+
+// ISO timestamps are too long for an axis: local clock times, with the day only when it varies.
+function timeLabels(texts) {
+  if (!texts.every((s) => ISO_TIME.test(s))) return texts;
+  const ms = texts.map((s) => Date.parse(s.replace(' ', 'T')));
+  if (ms.some(Number.isNaN)) return texts;
+  const days = new Set(ms.map(dayLabel)).size > 1;
+  const secs = ms.some((t) => t % 60000);
+  return ms.map((t) => `${days ? `${dayLabel(t)} ` : ''}${secs ? hhmmss(t) : hhmm(t)}`);
+}
+
+function fitText(ctx, s, max) {
+  if (ctx.measureText(s).width <= max) return s;
+  s = s.slice(0, 40);
+  while (s.length > 1 && ctx.measureText(`${s}…`).width > max) s = s.slice(0, -1);
+  return `${s}…`;
+}
+
+function drawQueryChart(theme) {
+  query.dirty = false;
+  const m = query.chart;
+  const canvas = $('#query-chart');
+  const tip = $('.tip', canvas.parentElement);
+  if (!m) { canvas.dataset.bars = '0'; tip.hidden = true; return; }
+  const ctx = fitCanvas(canvas);
+  if (!ctx) return;
+  const { w, h } = canvas._size;
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = theme.font;
+  ctx.textBaseline = 'middle';
+
+  const ys = m.bars.filter((b) => b.y !== null).map((b) => b.y);
+  let lo = Math.min(0, ...ys), hi = Math.max(0, ...ys);
+  if (hi === lo) hi = 1;
+  const yStep = niceStep(hi - lo, Math.max(2, Math.floor((h - 40) / 40)));
+  lo = Math.floor(lo / yStep) * yStep;
+  hi = Math.ceil(hi / yStep) * yStep;
+  const yTicks = [];
+  for (let i = 0; lo + i * yStep <= hi + yStep / 2; i++) yTicks.push(+(lo + i * yStep).toPrecision(12));
+  const box = { l: 14 + Math.max(...yTicks.map((v) => ctx.measureText(fmtNum(v)).width)), r: 8, t: 18, b: 22 };
+  const pw = w - box.l - box.r, ph = h - box.t - box.b;
+  const slot = pw / m.bars.length;
+  const Y = (v) => box.t + (1 - (v - lo) / (hi - lo)) * ph;
+
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = theme.grid;
+  ctx.fillStyle = theme.muted;
+  ctx.textAlign = 'right';
+  for (const v of yTicks) {
+    const y = Math.round(Y(v)) + 0.5;
+    ctx.beginPath(); ctx.moveTo(box.l, y); ctx.lineTo(w - box.r, y); ctx.stroke();
+    ctx.fillText(fmtNum(v), box.l - 6, y);
+  }
+  ctx.textAlign = 'left';
+  ctx.fillText(m.total > m.bars.length ? `${m.what} · first ${fmtInt(m.bars.length)} of ${fmtInt(m.total)} rows` : m.what, box.l, 7);
+
+  // Labels are thinned to every k-th bar so they never overlap; the tooltip has them all.
+  const widest = Math.min(120, Math.max(...m.bars.map((b) => ctx.measureText(b.label).width)));
+  const every = Math.max(1, Math.ceil((widest + 10) / slot));
+  const bw = Math.max(1, Math.min(slot * 0.72, 80));
+  // Values go on the bars while they fit above them.
+  const showValues = m.bars.every((b) => b.y === null || ctx.measureText(fmtNum(b.y)).width + 6 <= slot);
+  const hover = query.hover == null ? -1 : Math.floor((query.hover - box.l) / slot);
+  ctx.textAlign = 'center';
+  let drawn = 0;
+  m.bars.forEach((b, i) => {
+    const cx = box.l + (i + 0.5) * slot;
+    if (i % every === 0) {
+      ctx.fillStyle = theme.muted;
+      ctx.fillText(fitText(ctx, b.label, every * slot - 6), cx, h - 9);
+    }
+    if (b.y === null) return;
+    const top = Math.min(Y(b.y), Y(0)), hgt = Math.max(1, Math.abs(Y(b.y) - Y(0)));
+    ctx.globalAlpha = hover === i ? 1 : 0.85;
+    ctx.fillStyle = theme.accent;
+    ctx.fillRect(cx - bw / 2, top, bw, hgt);
+    ctx.globalAlpha = 1;
+    if (showValues) {
+      ctx.fillStyle = theme.fg;
+      ctx.fillText(fmtNum(b.y), cx, b.y >= 0 ? top - 7 : top + hgt + 7);
+    }
+    drawn++;
+  });
+  if (lo < 0) {
+    ctx.strokeStyle = theme.muted;
+    ctx.beginPath(); ctx.moveTo(box.l, Math.round(Y(0)) + 0.5); ctx.lineTo(w - box.r, Math.round(Y(0)) + 0.5); ctx.stroke();
+  }
+  canvas.dataset.bars = String(drawn);
+
+  const b = m.bars[hover];
+  if (!b) { tip.hidden = true; return; }
+  tip.replaceChildren(el('div', { class: 'tip-head' }, b.full),
+    el('div', {}, el('i', { style: `background:${theme.accent}` }), el('span', {}, m.value), el('b', {}, b.y === null ? 'null' : String(b.y))));
+  tip.hidden = false;
+  const cx = box.l + (hover + 0.5) * slot, tw = tip.offsetWidth;
+  tip.style.left = `${cx + 12 + tw > w ? cx - 12 - tw : cx + 12}px`;
+  tip.style.top = `${box.t}px`;
+}
+
 // ---- start ------------------------------------------------------------------
 
+setupQuery();
 loadAggregates();
 connect();
 setInterval(setStatus, 1000);

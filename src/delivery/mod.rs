@@ -47,6 +47,7 @@
 //! which producers get ServiceUnavailableException.
 
 pub mod encode;
+pub mod parquet;
 pub mod prefix;
 pub mod route;
 pub mod store;
@@ -63,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::log::{Log, LogError, LogReader};
-use crate::spec::{Compression, StreamSpec};
+use crate::spec::{Compression, Format, ParquetSchema, StreamSpec};
 use encode::Records;
 use prefix::Template;
 use route::Diversion;
@@ -106,6 +107,9 @@ struct Pending {
     key: String,
     compression: Compression,
     append_delimiter: bool,
+    /// For Parquet with an inferred schema: the columns the object was written with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    columns: Option<Vec<(String, String)>>,
 }
 
 fn single_buffer() -> String {
@@ -123,6 +127,9 @@ struct State {
     /// Records at or above `committed` sent to the error output.
     #[serde(default)]
     diverted: BTreeMap<u64, Diversion>,
+    /// For Parquet with an inferred schema: the schema as of `decided_upto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<parquet::InferredSchema>,
     pending: Option<Pending>,
 }
 
@@ -237,6 +244,8 @@ pub enum DeliveryError {
     State(#[from] std::io::Error),
     #[error("stopped while the store was failing; the object is redone at the next start")]
     Interrupted,
+    #[error("encoding an object failed: {0}")]
+    Encode(String),
 }
 
 fn now_ms() -> i64 {
@@ -302,6 +311,28 @@ impl Delivery {
                 Err(e) => return divert(st, "DynamicPartitioning.MetadataExtractionFailed", e),
             },
         };
+        if fresh {
+            let fit = match &self.spec.format {
+                Format::Raw => Ok(()),
+                Format::Parquet {
+                    schema: ParquetSchema::Declared(t),
+                    ..
+                } => t.check(data),
+                Format::Parquet {
+                    schema: ParquetSchema::Inferred,
+                    ..
+                } => st.schema.get_or_insert_with(Default::default).observe(data),
+            };
+            if let Err(e) = fit {
+                let d = Diversion {
+                    output_type: "format-conversion-failed".into(),
+                    code: "DataFormatConversion.MalformedData".into(),
+                    message: e,
+                };
+                st.diverted.insert(offset, d.clone());
+                return (Target::Error(d.output_type.clone()), Some(d));
+            }
+        }
         let target = Target::Data(values);
         if let (true, Some(open), Some(_)) = (fresh, open, &self.spec.partition) {
             let active = open
@@ -524,6 +555,21 @@ impl Delivery {
             key: self.key(&b.target, b.first, b.oldest_ms),
             compression: self.spec.compression,
             append_delimiter: self.delimiter(&b.target),
+            columns: match (&self.spec.format, &b.target) {
+                (
+                    Format::Parquet {
+                        schema: ParquetSchema::Inferred,
+                        ..
+                    },
+                    Target::Data(_),
+                ) => Some(
+                    st.schema
+                        .get_or_insert_with(Default::default)
+                        .table()
+                        .columns(),
+                ),
+                _ => None,
+            },
         };
         st.committed = low_water(buffers).min(b.first);
         st.decided_upto = st.decided_upto.max(read_position);
@@ -532,16 +578,7 @@ impl Delivery {
         self.retry(rt, stop, "saving the delivery state", || {
             save_state(&self.dir, st)
         })?;
-        let body = encode::compress(
-            encode::json_lines(
-                &Records {
-                    bytes: &b.bytes,
-                    ends: &b.ends,
-                },
-                pending.append_delimiter,
-            ),
-            pending.compression,
-        );
+        let body = self.encode(&b, &pending)?;
         self.put(rt, &pending.key, &body, stop)?;
         st.delivered.insert(id.to_string(), b.end);
         st.pending = None;
@@ -560,6 +597,38 @@ impl Delivery {
             tracing::warn!(stream = %self.spec.name, error = %e, "could not remove delivered log segments; will retry after the next object");
         }
         Ok(())
+    }
+
+    /// The bytes of a buffer's object: Parquet for a converting stream's
+    /// data, else records (or error documents) as lines, compressed.
+    fn encode(&self, b: &Buffer, p: &Pending) -> Result<Vec<u8>, DeliveryError> {
+        let records = Records {
+            bytes: &b.bytes,
+            ends: &b.ends,
+        };
+        match (&self.spec.format, &b.target) {
+            (Format::Parquet { schema, options }, Target::Data(_)) => {
+                let table = match (schema, &p.columns) {
+                    (ParquetSchema::Declared(t), _) => t.clone(),
+                    (ParquetSchema::Inferred, Some(cols)) => {
+                        parquet::TableSchema::from_columns(cols).map_err(DeliveryError::Encode)?
+                    }
+                    (ParquetSchema::Inferred, None) => {
+                        return Err(DeliveryError::Encode(
+                            "no schema recorded for the object".into(),
+                        ))
+                    }
+                };
+                let rows: Vec<&[u8]> = records.iter().collect();
+                // Every record passed the schema when it was routed, so this
+                // cannot fail but for a bug; stop rather than drop data.
+                parquet::encode(&table, &rows, options).map_err(DeliveryError::Encode)
+            }
+            _ => Ok(encode::compress(
+                encode::json_lines(&records, p.append_delimiter),
+                p.compression,
+            )),
+        }
     }
 
     /// Writes an object, retrying with backoff until the store takes it.
@@ -640,16 +709,7 @@ impl Delivery {
             .into());
         }
         let b = buffer.unwrap_or_else(|| Buffer::new(Target::Data(vec![]), p.first));
-        let body = encode::compress(
-            encode::json_lines(
-                &Records {
-                    bytes: &b.bytes,
-                    ends: &b.ends,
-                },
-                p.append_delimiter,
-            ),
-            p.compression,
-        );
+        let body = self.encode(&b, &p)?;
         self.put(rt, &p.key, &body, stop)?;
         st.delivered.insert(p.buffer.clone(), p.end);
         st.pending = None;

@@ -161,6 +161,55 @@ impl Template {
         out
     }
 
+    /// Where a table of the stream's objects starts: the literal text before
+    /// the first expression, up to its last '/'.
+    pub fn static_dir(&self) -> String {
+        let mut lit = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(s) => lit.push_str(s),
+                _ => break,
+            }
+        }
+        match lit.rfind('/') {
+            Some(i) => lit[..=i].to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Hive-style partition columns right below [`Template::static_dir`]:
+    /// the leading `name=!{partitionKeyFromQuery:key}/` segments.
+    pub fn hive_columns(&self) -> Vec<String> {
+        let dir = self.static_dir();
+        // Walk the parts after the static directory as text with markers.
+        let mut rest = String::new();
+        let mut consumed = 0;
+        for p in &self.parts {
+            match p {
+                Part::Literal(s) => {
+                    let skip = dir.len().saturating_sub(consumed).min(s.len());
+                    consumed += s.len();
+                    rest.push_str(&s[skip..]);
+                }
+                Part::PartitionKey(_) => rest.push('\u{1}'),
+                _ => rest.push('\u{2}'),
+            }
+        }
+        let mut cols = Vec::new();
+        for seg in rest.split('/') {
+            match seg.strip_suffix('\u{1}').and_then(|n| n.strip_suffix('=')) {
+                Some(name)
+                    if !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                {
+                    cols.push(name.to_string())
+                }
+                _ => break,
+            }
+        }
+        cols
+    }
+
     /// The partition key names the template uses.
     pub fn partition_keys(&self) -> Vec<&str> {
         self.parts
@@ -577,6 +626,40 @@ mod tests {
             err.contains("may not be used in ErrorOutputPrefix"),
             "{err}"
         );
+    }
+
+    /// (Prefix, static directory, Hive columns)
+    const TABLES: &[(&str, &str, &[&str])] = &[
+        ("events/my-event-staging/", "events/my-event-staging/", &[]),
+        ("", "", &[]),
+        (
+            "events/event_name=!{partitionKeyFromQuery:e}/region=!{partitionKeyFromQuery:r}/",
+            "events/",
+            &["event_name", "region"],
+        ),
+        (
+            "a/b=!{partitionKeyFromQuery:b}/!{timestamp:yyyy}/c=!{partitionKeyFromQuery:c}/",
+            "a/",
+            &["b"],
+        ),
+        ("a/x!{partitionKeyFromQuery:b}/", "a/", &[]),
+        ("logs/!{timestamp:yyyy}/", "logs/", &[]),
+    ];
+
+    #[test]
+    fn table_location_and_hive_columns() {
+        for (prefix, dir, cols) in TABLES {
+            let keys: Vec<String> = ["e", "r", "b", "c"].iter().map(|s| s.to_string()).collect();
+            let partitioned = prefix.contains("partitionKey");
+            let (t, _) = validate_partitioned(
+                prefix,
+                Some("err/!{firehose:error-output-type}/"),
+                partitioned.then_some(&keys[..]),
+            )
+            .unwrap();
+            assert_eq!(t.static_dir(), *dir, "{prefix}");
+            assert_eq!(t.hive_columns(), *cols, "{prefix}");
+        }
     }
 
     #[test]

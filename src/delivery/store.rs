@@ -147,7 +147,13 @@ impl Stores {
     }
 
     /// Writes an object atomically: a reader sees all of it or none.
-    pub fn put(&self, rt: &tokio::runtime::Handle, bucket: &str, key: &str, bytes: &[u8]) -> io::Result<()> {
+    pub fn put(
+        &self,
+        rt: &tokio::runtime::Handle,
+        bucket: &str,
+        key: &str,
+        bytes: &[u8],
+    ) -> io::Result<()> {
         let Some(store) = self.s3.get(bucket) else {
             return self.local.put(bucket, key, bytes);
         };

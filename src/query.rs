@@ -1,0 +1,820 @@
+//! SQL over the lake: every delivery stream is a table, queried in place with
+//! DataFusion.
+//!
+//! A [`Lake`] knows each stream's directory and format. Tables are resolved
+//! when a query names them, never earlier, so a query sees everything
+//! delivered so far: files are listed for each query (DataFusion's list-files
+//! cache is turned off), and a JSON stream's schema is re-derived from its
+//! current files. That derivation reads each file once: per-file schemas are
+//! cached by path, size and modification time.
+//!
+//! Table names: a stream is queryable under its own name (quoted when it has
+//! `-` or `.`: `"my-event-staging"`) and under an alias with `-` and `.`
+//! replaced by `_` (`my_event_staging`). Unquoted names are lowercased by
+//! SQL, so lookups fall back to ignoring case. An exact name beats an alias;
+//! an alias shared by two streams is not registered.
+//!
+//! Schemas:
+//! - A declared schema (`TableDef::schema`) is used as is; files are read
+//!   into it (missing columns are null, `bigint` files read into a `double`
+//!   column). Give one for Parquet streams (`InferredSchema::table().arrow()`
+//!   or the declared table) so an empty stream still has its columns.
+//! - Otherwise the schema is merged from every file's own: columns that
+//!   appear only in later files are added, integers and floats merge to
+//!   double, structs merge field by field; other conflicts are an error
+//!   naming the column. A JSON stream with no files yet has no columns:
+//!   `SELECT count(*)` gives 0 and `SELECT *` gives no rows.
+//! - A stream whose directory does not exist yet is an empty table.
+//! - Partition columns (`name=value/` directories) are strings and override
+//!   a data field of the same name; a filter on them skips the other
+//!   directories without opening their files.
+//!
+//! Files and directories whose names start with `.` or `_` are never read
+//! (temporary and marker files). Queries are read-only: DDL, DML (including
+//! COPY) and SET statements are refused.
+//!
+//! JSON limits: records must be JSON objects (newline-delimited or simply
+//! concatenated). DataFusion's JSON reader does not convert between types, so
+//! a field that holds both strings and numbers makes reads of that file fail
+//! with the reader's message.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::BufReader;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::object_store::{self, local::LocalFileSystem, path::Path, ObjectStore};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, StreamExt};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonCompression {
+    Uncompressed,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    JsonLines { compression: JsonCompression },
+    Parquet,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    /// The stream's name; may contain '-' and '.'.
+    pub name: String,
+    /// A directory; files are found recursively below it.
+    pub location: PathBuf,
+    pub format: TableFormat,
+    /// Only files whose names end with this are read: "" for Firehose's
+    /// extension-less objects, ".gz", ".parquet", ...
+    pub file_extension: String,
+    /// Hive-style directories `name=value/` below `location`, as string
+    /// columns. Files not below such directories are not part of the table.
+    pub partition_cols: Vec<String>,
+    /// The table's columns (without partition columns); inferred from the
+    /// files when None.
+    pub schema: Option<SchemaRef>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Planning or execution failed: DataFusion's message (syntax errors,
+    /// unknown tables and columns, unreadable files).
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("invalid table definition: {0}")]
+    Table(String),
+    /// The query task failed unexpectedly (a panic inside the engine).
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+pub struct Lake {
+    ctx: SessionContext,
+}
+
+impl Lake {
+    pub async fn new(tables: Vec<TableDef>) -> Result<Lake, QueryError> {
+        for (i, t) in tables.iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(QueryError::Table("a table has an empty name".into()));
+            }
+            if tables[..i].iter().any(|o| o.name == t.name) {
+                return Err(QueryError::Table(format!(
+                    "table `{}` is defined twice",
+                    t.name
+                )));
+            }
+        }
+        // No list-files cache: files delivered after this point must be
+        // seen by the next query. The Parquet footer cache stays: it is
+        // checked against each file's size and modification time.
+        let cache = CacheManagerConfig::default().with_list_files_cache_limit(0);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(cache)
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            // Firehose's layout is YYYY/MM/DD/HH/: read subdirectories.
+            .set_bool(
+                "datafusion.execution.listing_table_ignore_subdirectory",
+                false,
+            );
+        let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
+        let schema = LakeSchema {
+            tables: tables.into_iter().map(Arc::new).collect(),
+            runtime,
+            file_schemas: Default::default(),
+        };
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| QueryError::Internal("no default catalog".into()))?;
+        catalog.register_schema("public", Arc::new(schema))?;
+        Ok(Lake { ctx })
+    }
+
+    /// Runs one read-only query. Always returns at least one batch (empty
+    /// when there are no rows) so the result's columns are known.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let ctx = self.ctx.clone();
+        let sql = sql.to_string();
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        // A task of its own, so that an engine panic becomes an error; it is
+        // aborted if the caller stops waiting.
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            let df = ctx.sql_with_options(&sql, options).await?;
+            let schema = df.schema().inner().clone();
+            let mut batches = df.collect().await?;
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema));
+            }
+            Ok::<_, QueryError>(batches)
+        }));
+        (&mut task.0)
+            .await
+            .map_err(|e| QueryError::Internal(e.to_string()))?
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The lake's tables, resolved afresh each time a query names one.
+struct LakeSchema {
+    tables: Vec<Arc<TableDef>>,
+    runtime: Arc<RuntimeEnv>,
+    file_schemas: Arc<FileSchemas>,
+}
+
+impl fmt::Debug for LakeSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LakeSchema")
+            .field("tables", &self.tables.len())
+            .finish()
+    }
+}
+
+fn alias(name: &str) -> String {
+    name.replace(['-', '.'], "_")
+}
+
+impl LakeSchema {
+    /// Exact name, then alias, then both ignoring case; a name matching
+    /// several tables at the same step matches none.
+    fn find(&self, name: &str) -> Option<(usize, &Arc<TableDef>)> {
+        let rules: [&dyn Fn(&str) -> bool; 4] = [
+            &|n| n == name,
+            &|n| alias(n) == name,
+            &|n| n.eq_ignore_ascii_case(name),
+            &|n| alias(n).eq_ignore_ascii_case(name),
+        ];
+        for rule in rules {
+            let mut found = self
+                .tables
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| rule(&t.name));
+            match (found.next(), found.next()) {
+                (Some(one), None) => return Some(one),
+                (Some(_), Some(_)) => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    async fn provider(
+        &self,
+        index: usize,
+        def: Arc<TableDef>,
+    ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+        let partitions: Vec<_> = def
+            .partition_cols
+            .iter()
+            .map(|c| (c.clone(), DataType::Utf8))
+            .collect();
+        let Ok(root) = std::fs::canonicalize(&def.location) else {
+            // Nothing delivered yet.
+            let mut fields: Vec<Field> = match &def.schema {
+                Some(s) => s.fields().iter().map(|f| f.as_ref().clone()).collect(),
+                None => Vec::new(),
+            };
+            fields.retain(|f| !def.partition_cols.contains(f.name()));
+            fields.extend(
+                partitions
+                    .iter()
+                    .map(|(c, t)| Field::new(c, t.clone(), true)),
+            );
+            return Ok(Arc::new(EmptyTable::new(Arc::new(Schema::new(fields)))));
+        };
+        // Each table gets a store rooted at its directory that hides
+        // dot/underscore names below it.
+        let url = ObjectStoreUrl::parse(format!("hydrant-lake://t{index}"))?;
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?;
+        self.runtime
+            .register_object_store(url.as_ref(), Arc::new(VisibleFiles(store)));
+
+        let format: Arc<dyn FileFormat> = match def.format {
+            TableFormat::Parquet => Arc::new(ParquetFormat::default()),
+            TableFormat::JsonLines { compression } => Arc::new(
+                JsonFormat::default().with_file_compression_type(compression_type(compression)),
+            ),
+        };
+        let file_schema = match &def.schema {
+            Some(s) => s.clone(),
+            None => {
+                let (def2, cache) = (def.clone(), self.file_schemas.clone());
+                tokio::task::spawn_blocking(move || infer_schema(&def2, &root, &cache))
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))??
+            }
+        };
+        // A partition value wins over a data field of the same name.
+        let fields: Vec<_> = file_schema
+            .fields()
+            .iter()
+            .filter(|f| !def.partition_cols.contains(f.name()))
+            .cloned()
+            .collect();
+        let options = ListingOptions::new(format)
+            .with_file_extension(def.file_extension.clone())
+            .with_table_partition_cols(partitions);
+        let config =
+            ListingTableConfig::new(ListingTableUrl::parse(format!("hydrant-lake://t{index}/"))?)
+                .with_listing_options(options)
+                .with_schema(Arc::new(Schema::new(fields)));
+        Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+}
+
+fn compression_type(c: JsonCompression) -> FileCompressionType {
+    match c {
+        JsonCompression::Uncompressed => FileCompressionType::UNCOMPRESSED,
+        JsonCompression::Gzip => FileCompressionType::GZIP,
+        JsonCompression::Zstd => FileCompressionType::ZSTD,
+    }
+}
+
+// The methods below are `async fn` in the trait (via async_trait); they are
+// written out as boxed futures to avoid a proc-macro dependency.
+impl SchemaProvider for LakeSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
+        for t in &self.tables {
+            let a = alias(&t.name);
+            if !names.contains(&a) && self.find(&a).is_some() {
+                names.push(a);
+            }
+        }
+        names
+    }
+
+    fn table<'a, 'b, 'c>(
+        &'a self,
+        name: &'b str,
+    ) -> BoxFuture<'c, Result<Option<Arc<dyn TableProvider>>, DataFusionError>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(async move {
+            match self.find(name) {
+                Some((i, def)) => self.provider(i, def.clone()).await.map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+}
+
+fn hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+/// Lists the table's data files (relative paths below `root` are checked
+/// for hidden names), as DataFusion will: non-empty, with the extension.
+fn list_files(root: &FsPath, ext: &str) -> std::io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if hidden(&name) {
+                continue;
+            }
+            let meta = std::fs::metadata(entry.path())?;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else if meta.len() > 0 && name.ends_with(ext) {
+                out.push((entry.path(), meta));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+type FileSchemas = Mutex<HashMap<PathBuf, (u64, SystemTime, SchemaRef)>>;
+
+fn infer_schema(
+    def: &TableDef,
+    root: &FsPath,
+    cache: &FileSchemas,
+) -> Result<SchemaRef, DataFusionError> {
+    let mut merged: Vec<Field> = Vec::new();
+    for (path, meta) in list_files(root, &def.file_extension)? {
+        let stamp = (meta.len(), meta.modified()?);
+        let cached = cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&path)
+            .filter(|c| (c.0, c.1) == stamp)
+            .map(|c| c.2.clone());
+        let schema = match cached {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(file_schema(def.format, &path).map_err(|e| {
+                    DataFusionError::Execution(format!(
+                        "table `{}`: {}: {e}",
+                        def.name,
+                        path.display()
+                    ))
+                })?);
+                cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path.clone(), (stamp.0, stamp.1, s.clone()));
+                s
+            }
+        };
+        for field in schema.fields() {
+            merge_field(&mut merged, field).map_err(|e| {
+                DataFusionError::Plan(format!("table `{}`: {e} (in {})", def.name, path.display()))
+            })?;
+        }
+    }
+    Ok(Arc::new(Schema::new(merged)))
+}
+
+fn file_schema(format: TableFormat, path: &FsPath) -> Result<Schema, DataFusionError> {
+    let file = std::fs::File::open(path)?;
+    match format {
+        TableFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            Ok(builder.schema().as_ref().clone())
+        }
+        TableFormat::JsonLines { compression } => {
+            // Every record of the file: a field first seen late still counts.
+            let reader = compression_type(compression).convert_read(file)?;
+            let values =
+                serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter::<Value>();
+            Ok(infer_json_schema_from_iterator(values.map(|v| {
+                v.map_err(|e| ArrowError::JsonError(e.to_string()))
+            }))?)
+        }
+    }
+}
+
+fn merge_field(fields: &mut Vec<Field>, new: &Field) -> Result<(), String> {
+    match fields.iter_mut().find(|f| f.name() == new.name()) {
+        None => fields.push(Field::new(new.name(), new.data_type().clone(), true)),
+        Some(f) => {
+            let t = merge_type(f.data_type(), new.data_type()).ok_or_else(|| {
+                format!(
+                    "column `{}` is {} in some files and {} in others",
+                    new.name(),
+                    f.data_type(),
+                    new.data_type()
+                )
+            })?;
+            *f = Field::new(new.name(), t, true);
+        }
+    }
+    Ok(())
+}
+
+fn merge_type(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    Some(match (a, b) {
+        _ if a == b => a.clone(),
+        (Null, t) | (t, Null) => t.clone(),
+        (Int64 | Float64, Int64 | Float64) => Float64,
+        (Struct(fa), Struct(fb)) => {
+            let mut fields: Vec<Field> = fa.iter().map(|f| f.as_ref().clone()).collect();
+            for f in fb.iter() {
+                merge_field(&mut fields, f).ok()?;
+            }
+            Struct(Fields::from(fields))
+        }
+        (List(ia), List(ib)) => List(Arc::new(Field::new(
+            ia.name(),
+            merge_type(ia.data_type(), ib.data_type())?,
+            true,
+        ))),
+        _ => return None,
+    })
+}
+
+/// The local file system below one table's directory, without the files and
+/// directories whose names start with '.' or '_'. Read-only.
+#[derive(Debug)]
+struct VisibleFiles(LocalFileSystem);
+
+impl fmt::Display for VisibleFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VisibleFiles({})", self.0)
+    }
+}
+
+fn visible(path: &Path) -> bool {
+    !path.parts().any(|p| hidden(p.as_ref()))
+}
+
+fn read_only<T>(operation: &str) -> object_store::Result<T> {
+    Err(object_store::Error::NotImplemented {
+        operation: operation.to_string(),
+        implementer: "the lake's query store (read-only)".to_string(),
+    })
+}
+
+// As for SchemaProvider: the trait's async methods written out.
+impl ObjectStore for VisibleFiles {
+    fn put_opts<'a, 'b, 'c>(
+        &'a self,
+        _: &'b Path,
+        _: object_store::PutPayload,
+        _: object_store::PutOptions,
+    ) -> BoxFuture<'c, object_store::Result<object_store::PutResult>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(async { read_only("put") })
+    }
+
+    fn put_multipart_opts<'a, 'b, 'c>(
+        &'a self,
+        _: &'b Path,
+        _: object_store::PutMultipartOptions,
+    ) -> BoxFuture<'c, object_store::Result<Box<dyn object_store::MultipartUpload>>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(async { read_only("put_multipart") })
+    }
+
+    fn get_opts<'a, 'b, 'c>(
+        &'a self,
+        location: &'b Path,
+        options: object_store::GetOptions,
+    ) -> BoxFuture<'c, object_store::Result<object_store::GetResult>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.0.get_opts(location, options)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        locations.map(|_| read_only("delete")).boxed()
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.0
+            .list(prefix)
+            .filter(|m| std::future::ready(m.as_ref().map_or(true, |m| visible(&m.location))))
+            .boxed()
+    }
+
+    fn list_with_delimiter<'a, 'b, 'c>(
+        &'a self,
+        prefix: Option<&'b Path>,
+    ) -> BoxFuture<'c, object_store::Result<object_store::ListResult>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(async move {
+            let mut result = self.0.list_with_delimiter(prefix).await?;
+            result.common_prefixes.retain(visible);
+            result.objects.retain(|m| visible(&m.location));
+            Ok(result)
+        })
+    }
+
+    fn copy_opts<'a, 'b, 'c, 'd>(
+        &'a self,
+        _: &'b Path,
+        _: &'c Path,
+        _: object_store::CopyOptions,
+    ) -> BoxFuture<'d, object_store::Result<()>>
+    where
+        'a: 'd,
+        'b: 'd,
+        'c: 'd,
+        Self: 'd,
+    {
+        Box::pin(async { read_only("copy") })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+/// A pretty text table (DataFusion's CLI layout).
+pub fn to_table(batches: &[RecordBatch]) -> String {
+    match pretty_format_batches(batches) {
+        Ok(t) => t.to_string(),
+        Err(e) => format!("cannot format the result: {e}"),
+    }
+}
+
+/// `{"columns":[{"name","type"}],"rows":[[...],...]}`. Values are JSON's own
+/// where JSON has them: numbers (decimals too, as the nearest double, since
+/// any JSON reader would parse them so), booleans, strings, null, and
+/// objects/arrays for structs, maps and lists. Timestamps, dates and other
+/// types are their ISO/display strings; floats that JSON cannot hold
+/// (NaN, infinities) are strings.
+pub fn to_json(batches: &[RecordBatch]) -> Value {
+    let Some(first) = batches.first() else {
+        return json!({"columns": [], "rows": []});
+    };
+    let columns: Vec<Value> = first
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let cols: Vec<ArrayRef> = batch.columns().iter().map(plain).collect();
+        for row in 0..batch.num_rows() {
+            rows.push(Value::Array(
+                cols.iter().map(|c| json_value(c.as_ref(), row)).collect(),
+            ));
+        }
+    }
+    json!({"columns": columns, "rows": rows})
+}
+
+/// CSV with a header line (RFC 4180 quoting). Null is an empty field;
+/// structs, maps and lists are their JSON text.
+pub fn to_csv(batches: &[RecordBatch]) -> String {
+    let mut out = String::new();
+    let Some(first) = batches.first() else {
+        return out;
+    };
+    let header: Vec<String> = first
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| csv_field(f.name()))
+        .collect();
+    out.push_str(&header.join(","));
+    out.push('\n');
+    for batch in batches {
+        let cols: Vec<ArrayRef> = batch.columns().iter().map(plain).collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| match json_value(c.as_ref(), row) {
+                    Value::Null => String::new(),
+                    Value::String(s) => csv_field(&s),
+                    v @ (Value::Array(_) | Value::Object(_)) => csv_field(&v.to_string()),
+                    // Numbers and booleans: the column's own text (exact decimals).
+                    _ => csv_field(&display(c.as_ref(), row)),
+                })
+                .collect();
+            out.push_str(&cells.join(","));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Dictionary-encoded columns (partition columns are) as plain arrays.
+fn plain(col: &ArrayRef) -> ArrayRef {
+    match col.data_type() {
+        DataType::Dictionary(_, value) => cast(col, value).unwrap_or_else(|_| col.clone()),
+        _ => col.clone(),
+    }
+}
+
+fn display(array: &dyn Array, row: usize) -> String {
+    match ArrayFormatter::try_new(array, &FormatOptions::default()) {
+        Ok(f) => f.value(row).to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+fn float(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or_else(|| Value::String(v.to_string()), Value::Number)
+}
+
+fn json_value(array: &dyn Array, row: usize) -> Value {
+    use datafusion::arrow::datatypes::*;
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    macro_rules! int {
+        ($t:ty) => {
+            json!(array.as_primitive::<$t>().value(row))
+        };
+    }
+    match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::Int8 => int!(Int8Type),
+        DataType::Int16 => int!(Int16Type),
+        DataType::Int32 => int!(Int32Type),
+        DataType::Int64 => int!(Int64Type),
+        DataType::UInt8 => int!(UInt8Type),
+        DataType::UInt16 => int!(UInt16Type),
+        DataType::UInt32 => int!(UInt32Type),
+        DataType::UInt64 => int!(UInt64Type),
+        DataType::Float16 => float(array.as_primitive::<Float16Type>().value(row).to_f64()),
+        DataType::Float32 => float(array.as_primitive::<Float32Type>().value(row) as f64),
+        DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => display(array, row)
+            .parse::<f64>()
+            .map_or(Value::Null, float),
+        DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_string()),
+        DataType::LargeUtf8 => Value::String(array.as_string::<i64>().value(row).to_string()),
+        DataType::Utf8View => Value::String(array.as_string_view().value(row).to_string()),
+        DataType::Struct(fields) => {
+            let s = array.as_struct();
+            let entries = fields
+                .iter()
+                .zip(s.columns())
+                .map(|(f, c)| (f.name().clone(), json_value(plain(c).as_ref(), row)));
+            Value::Object(entries.collect())
+        }
+        DataType::List(_) => elements(&array.as_list::<i32>().value(row)),
+        DataType::LargeList(_) => elements(&array.as_list::<i64>().value(row)),
+        DataType::FixedSizeList(..) => elements(&array.as_fixed_size_list().value(row)),
+        DataType::Map(..) => {
+            let m = array.as_map().value(row);
+            let (keys, values) = (plain(m.column(0)), plain(m.column(1)));
+            let entries = (0..m.len()).map(|i| {
+                let key = match json_value(keys.as_ref(), i) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (key, json_value(values.as_ref(), i))
+            });
+            Value::Object(entries.collect())
+        }
+        DataType::Dictionary(..) => json_value(plain(&array.slice(row, 1)).as_ref(), 0),
+        _ => Value::String(display(array, row)),
+    }
+}
+
+fn elements(values: &ArrayRef) -> Value {
+    let values = plain(values);
+    Value::Array(
+        (0..values.len())
+            .map(|i| json_value(values.as_ref(), i))
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The lake's tables: one per delivery stream
+
+/// A table for every stream whose bucket is in the embedded lake: its
+/// objects below the Prefix's fixed directory, Hive-style partition
+/// directories as columns. Streams whose bucket is on an S3 service are
+/// not tables yet (the reason is in the second list).
+pub fn lake_tables(registry: &crate::stream::Registry) -> (Vec<TableDef>, Vec<String>) {
+    use crate::spec::{Compression, Format, ParquetSchema};
+    let (mut tables, mut skipped) = (Vec::new(), Vec::new());
+    for s in registry.list() {
+        let spec = &s.spec;
+        if registry.is_s3(&spec.bucket) {
+            skipped.push(format!("{} (bucket {} is on S3)", spec.name, spec.bucket));
+            continue;
+        }
+        let format = match (&spec.format, spec.compression) {
+            (Format::Parquet { .. }, _) => TableFormat::Parquet,
+            (Format::Raw, Compression::Uncompressed) => TableFormat::JsonLines {
+                compression: JsonCompression::Uncompressed,
+            },
+            (Format::Raw, Compression::Gzip) => TableFormat::JsonLines {
+                compression: JsonCompression::Gzip,
+            },
+            (Format::Raw, Compression::Zstd) => TableFormat::JsonLines {
+                compression: JsonCompression::Zstd,
+            },
+            (Format::Raw, Compression::Snappy) => {
+                skipped.push(format!(
+                    "{} (Snappy-framed JSON cannot be queried yet)",
+                    spec.name
+                ));
+                continue;
+            }
+        };
+        let schema = match &spec.format {
+            Format::Parquet {
+                schema: ParquetSchema::Declared(t),
+                ..
+            } => Some(t.arrow()),
+            _ => None,
+        };
+        tables.push(TableDef {
+            name: spec.name.clone(),
+            location: registry
+                .lake()
+                .join(&spec.bucket)
+                .join(spec.prefix_template.static_dir()),
+            format,
+            file_extension: spec.extension().to_string(),
+            partition_cols: spec.prefix_template.hive_columns(),
+            schema,
+        });
+    }
+    (tables, skipped)
+}
