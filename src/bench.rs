@@ -108,7 +108,7 @@ fn bench_config(stream: &str, variant: Variant) -> String {
       RoleARN: arn:aws:iam::000000000000:role/bench
       BucketARN: arn:aws:s3:::bench
       Prefix: {stream}/
-      BufferingHints: {{ SizeInMBs: 64, IntervalInSeconds: 60 }}
+      BufferingHints: {{ SizeInMBs: 64, IntervalInSeconds: 1 }}
       {processing}
   - DeliveryStreamName: fresh
     ExtendedS3DestinationConfiguration:
