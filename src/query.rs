@@ -41,9 +41,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::BufReader;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
@@ -102,6 +101,9 @@ pub struct TableDef {
     /// The table's columns (without partition columns); inferred from the
     /// files when None.
     pub schema: Option<SchemaRef>,
+    /// A store rooted at the table (an S3 bucket below the stream's
+    /// prefix); `location` is then only its name in messages.
+    pub remote: Option<Arc<dyn ObjectStore>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +251,23 @@ impl LakeSchema {
             .iter()
             .map(|c| (c.clone(), DataType::Utf8))
             .collect();
-        let Ok(root) = std::fs::canonicalize(&def.location) else {
+        let store: Option<Arc<dyn ObjectStore>> = match &def.remote {
+            Some(r) => Some(r.clone()),
+            None => match std::fs::canonicalize(&def.location) {
+                Ok(root) => Some(Arc::new(
+                    LocalFileSystem::new_with_prefix(&root)
+                        .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
+                )),
+                Err(_) => None,
+            },
+        };
+        // Each table gets a store rooted at its directory that hides
+        // dot/underscore names below it.
+        let files = match &store {
+            Some(store) => list_files(store.as_ref(), &def.file_extension).await?,
+            None => Vec::new(),
+        };
+        let (Some(store), false) = (store, files.is_empty() && def.schema.is_none()) else {
             // Nothing delivered yet.
             let mut fields: Vec<Field> = match &def.schema {
                 Some(s) => s.fields().iter().map(|f| f.as_ref().clone()).collect(),
@@ -263,13 +281,10 @@ impl LakeSchema {
             );
             return Ok(Arc::new(EmptyTable::new(Arc::new(Schema::new(fields)))));
         };
-        // Each table gets a store rooted at its directory that hides
-        // dot/underscore names below it.
+        let store = Arc::new(VisibleFiles(store));
         let url = ObjectStoreUrl::parse(format!("hydrant-lake://t{index}"))?;
-        let store = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?;
         self.runtime
-            .register_object_store(url.as_ref(), Arc::new(VisibleFiles(store)));
+            .register_object_store(url.as_ref(), store.clone());
 
         let format: Arc<dyn FileFormat> = match def.format {
             TableFormat::Parquet => Arc::new(ParquetFormat::default()),
@@ -279,12 +294,7 @@ impl LakeSchema {
         };
         let file_schema = match &def.schema {
             Some(s) => s.clone(),
-            None => {
-                let (def2, cache) = (def.clone(), self.file_schemas.clone());
-                tokio::task::spawn_blocking(move || infer_schema(&def2, &root, &cache))
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))??
-            }
+            None => infer_schema(&def, store.as_ref(), files, &self.file_schemas).await?,
         };
         // A partition value wins over a data field of the same name.
         let fields: Vec<_> = file_schema
@@ -352,83 +362,96 @@ fn hidden(name: &str) -> bool {
     name.starts_with('.') || name.starts_with('_')
 }
 
-/// Lists the table's data files (relative paths below `root` are checked
-/// for hidden names), as DataFusion will: non-empty, with the extension.
-fn list_files(root: &FsPath, ext: &str) -> std::io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if hidden(&name) {
-                continue;
-            }
-            let meta = std::fs::metadata(entry.path())?;
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            } else if meta.len() > 0 && name.ends_with(ext) {
-                out.push((entry.path(), meta));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+/// Lists the table's data files as DataFusion will: visible (no part of
+/// the path starts with '.' or '_'), non-empty, with the extension.
+async fn list_files(
+    store: &dyn ObjectStore,
+    ext: &str,
+) -> Result<Vec<object_store::ObjectMeta>, DataFusionError> {
+    let mut out: Vec<object_store::ObjectMeta> = store
+        .list(None)
+        .filter(|m| {
+            std::future::ready(m.as_ref().map_or(true, |m| {
+                visible(&m.location) && m.size > 0 && m.location.as_ref().ends_with(ext)
+            }))
+        })
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?;
+    out.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(out)
 }
 
-type FileSchemas = Mutex<HashMap<PathBuf, (u64, SystemTime, SchemaRef)>>;
+type FileSchemas = Mutex<HashMap<String, (u64, String, SchemaRef)>>;
 
-fn infer_schema(
+async fn infer_schema(
     def: &TableDef,
-    root: &FsPath,
+    store: &dyn ObjectStore,
+    files: Vec<object_store::ObjectMeta>,
     cache: &FileSchemas,
 ) -> Result<SchemaRef, DataFusionError> {
+    use object_store::ObjectStoreExt;
     let mut merged: Vec<Field> = Vec::new();
-    for (path, meta) in list_files(root, &def.file_extension)? {
-        let stamp = (meta.len(), meta.modified()?);
+    for meta in files {
+        let key = format!("{}/{}", def.location.display(), meta.location);
+        let stamp = (meta.size, meta.last_modified.to_rfc3339());
         let cached = cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&path)
-            .filter(|c| (c.0, c.1) == stamp)
+            .get(&key)
+            .filter(|c| (c.0, &c.1) == (stamp.0, &stamp.1))
             .map(|c| c.2.clone());
         let schema = match cached {
             Some(s) => s,
             None => {
-                let s = Arc::new(file_schema(def.format, &path).map_err(|e| {
+                let named = |e: &dyn fmt::Display| {
                     DataFusionError::Execution(format!(
                         "table `{}`: {}: {e}",
-                        def.name,
-                        path.display()
+                        def.name, meta.location
                     ))
-                })?);
+                };
+                let bytes = store
+                    .get(&meta.location)
+                    .await
+                    .map_err(|e| named(&e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| named(&e))?;
+                let format = def.format;
+                let s = Arc::new(
+                    tokio::task::spawn_blocking(move || file_schema(format, bytes))
+                        .await
+                        .map_err(|e| named(&e))?
+                        .map_err(|e| named(&e))?,
+                );
                 cache
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(path.clone(), (stamp.0, stamp.1, s.clone()));
+                    .insert(key, (stamp.0, stamp.1, s.clone()));
                 s
             }
         };
         for field in schema.fields() {
             merge_field(&mut merged, field).map_err(|e| {
-                DataFusionError::Plan(format!("table `{}`: {e} (in {})", def.name, path.display()))
+                DataFusionError::Plan(format!("table `{}`: {e} (in {})", def.name, meta.location))
             })?;
         }
     }
     Ok(Arc::new(Schema::new(merged)))
 }
 
-fn file_schema(format: TableFormat, path: &FsPath) -> Result<Schema, DataFusionError> {
-    let file = std::fs::File::open(path)?;
+fn file_schema(format: TableFormat, bytes: bytes::Bytes) -> Result<Schema, DataFusionError> {
     match format {
         TableFormat::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
             Ok(builder.schema().as_ref().clone())
         }
         TableFormat::JsonLines { compression } => {
             // Every record of the file: a field first seen late still counts.
-            let reader = compression_type(compression).convert_read(file)?;
+            use bytes::Buf;
+            let reader = compression_type(compression).convert_read(bytes.reader())?;
             let values =
                 serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter::<Value>();
             Ok(infer_json_schema_from_iterator(values.map(|v| {
@@ -481,7 +504,7 @@ fn merge_type(a: &DataType, b: &DataType) -> Option<DataType> {
 /// The local file system below one table's directory, without the files and
 /// directories whose names start with '.' or '_'. Read-only.
 #[derive(Debug)]
-struct VisibleFiles(LocalFileSystem);
+struct VisibleFiles(Arc<dyn ObjectStore>);
 
 impl fmt::Display for VisibleFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -765,19 +788,15 @@ fn elements(values: &ArrayRef) -> Value {
 // ---------------------------------------------------------------------------
 // The lake's tables: one per delivery stream
 
-/// A table for every stream whose bucket is in the embedded lake: its
-/// objects below the Prefix's fixed directory, Hive-style partition
-/// directories as columns. Streams whose bucket is on an S3 service are
-/// not tables yet (the reason is in the second list).
+/// A table for every stream: its objects below the Prefix's fixed
+/// directory, in the embedded lake or its S3 bucket, Hive-style partition
+/// directories as columns. Streams that cannot be tables are in the second
+/// list with the reason.
 pub fn lake_tables(registry: &crate::stream::Registry) -> (Vec<TableDef>, Vec<String>) {
     use crate::spec::{Compression, Format, ParquetSchema};
     let (mut tables, mut skipped) = (Vec::new(), Vec::new());
     for s in registry.list() {
         let spec = &s.spec;
-        if registry.is_s3(&spec.bucket) {
-            skipped.push(format!("{} (bucket {} is on S3)", spec.name, spec.bucket));
-            continue;
-        }
         let format = match (&spec.format, spec.compression) {
             (Format::Parquet { .. }, _) => TableFormat::Parquet,
             (Format::Raw, Compression::Uncompressed) => TableFormat::JsonLines {
@@ -804,12 +823,20 @@ pub fn lake_tables(registry: &crate::stream::Registry) -> (Vec<TableDef>, Vec<St
             } => Some(t.arrow()),
             _ => None,
         };
+        let dir = spec.prefix_template.static_dir();
+        let remote = registry.s3_store(&spec.bucket).map(|store| {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                store,
+                dir.trim_end_matches('/'),
+            )) as Arc<dyn ObjectStore>
+        });
         tables.push(TableDef {
             name: spec.name.clone(),
-            location: registry
-                .lake()
-                .join(&spec.bucket)
-                .join(spec.prefix_template.static_dir()),
+            location: match &remote {
+                Some(_) => PathBuf::from(format!("s3://{}/{dir}", spec.bucket)),
+                None => registry.lake().join(&spec.bucket).join(&dir),
+            },
+            remote,
             format,
             file_extension: spec.extension().to_string(),
             partition_cols: spec.prefix_template.hive_columns(),

@@ -250,9 +250,9 @@ impl Registry {
         Ok(reg)
     }
 
-    /// True if the bucket lives on an S3 service rather than the embedded lake.
-    pub fn is_s3(&self, bucket: &str) -> bool {
-        self.store.is_s3(bucket)
+    /// The S3 store of a bucket that lives on an S3 service.
+    pub fn s3_store(&self, bucket: &str) -> Option<std::sync::Arc<dyn object_store::ObjectStore>> {
+        self.store.s3_store(bucket)
     }
 
     pub fn lake(&self) -> &Path {

@@ -43,6 +43,7 @@ fn json_table(name: &str, location: &Path) -> TableDef {
     TableDef {
         name: name.into(),
         location: location.into(),
+        remote: None,
         format: TableFormat::JsonLines {
             compression: JsonCompression::Uncompressed,
         },
@@ -56,6 +57,7 @@ fn parquet_table(name: &str, location: &Path, schema: Option<SchemaRef>) -> Tabl
     TableDef {
         name: name.into(),
         location: location.into(),
+        remote: None,
         format: TableFormat::Parquet,
         file_extension: ".parquet".into(),
         partition_cols: vec![],

@@ -142,8 +142,8 @@ impl Stores {
         Ok(Stores { local, s3 })
     }
 
-    pub fn is_s3(&self, bucket: &str) -> bool {
-        self.s3.contains_key(bucket)
+    pub fn s3_store(&self, bucket: &str) -> Option<std::sync::Arc<dyn object_store::ObjectStore>> {
+        self.s3.get(bucket).cloned()
     }
 
     /// Writes an object atomically: a reader sees all of it or none.

@@ -21,7 +21,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import free_port, stream_config, wait_for
+from conftest import free_port, hydrant_bin, stream_config, wait_for
 
 AK, SK = "hydrant-test", "hydrant-test-secret"
 
@@ -115,6 +115,11 @@ def test_objects_land_in_the_s3_bucket_with_firehose_keys(make_server, s3):
     assert got == sorted(sent)
     # Nothing went to the embedded lake.
     assert server.objects("lake-s3") == []
+    # The stream is a table, read from the S3 bucket.
+    r = subprocess.run([hydrant_bin(), "query", 'SELECT count(*), sum(i) FROM "to-s3"', "--endpoint", server.endpoint, "--format", "json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rows"] == [[1000, sum(range(1000))]]
     assert server.stop() == 0
 
 
