@@ -408,8 +408,8 @@ impl Delivery {
                     break;
                 };
                 read += 1;
-                let (offset, arrival, data) = (e.offset, e.arrival_ms, e.data.to_vec());
-                if let Some(id) = self.take(&mut st, &mut buffers, offset, arrival, &data) {
+                // `e` borrows the reader's buffer; it is copied once, into its buffer.
+                if let Some(id) = self.take(&mut st, &mut buffers, e.offset, e.arrival_ms, e.data) {
                     let b = &buffers[&id];
                     if b.size(self.delimiter(&b.target)) >= limit {
                         self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
@@ -685,15 +685,15 @@ impl Delivery {
         let mut reader: LogReader = self.log.reader(p.first)?;
         let mut buffer: Option<Buffer> = None;
         while let Some(e) = reader.next_below(p.end)? {
-            let (offset, arrival, data) = (e.offset, e.arrival_ms, e.data.to_vec());
-            let (target, diversion) = self.decide(st, offset, &data, None);
+            let (offset, arrival, data) = (e.offset, e.arrival_ms, e.data);
+            let (target, diversion) = self.decide(st, offset, data, None);
             if target.id() != p.buffer {
                 continue;
             }
             let b = buffer.get_or_insert_with(|| Buffer::new(target, offset));
             match diversion {
-                Some(d) => b.push(offset, arrival, &route::error_document(&d, arrival, &data)),
-                None => b.push(offset, arrival, &data),
+                Some(d) => b.push(offset, arrival, &route::error_document(&d, arrival, data)),
+                None => b.push(offset, arrival, data),
             }
         }
         if reader.position() != p.end {
