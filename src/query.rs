@@ -77,6 +77,9 @@ pub enum JsonCompression {
     Uncompressed,
     Gzip,
     Zstd,
+    /// Snappy's framing format, which DataFusion cannot read: the table's
+    /// store hands out each file decompressed.
+    Snappy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +152,10 @@ impl Lake {
             .set_bool(
                 "datafusion.execution.listing_table_ignore_subdirectory",
                 false,
-            );
+            )
+            // Files are read whole, never split into byte ranges: a Snappy
+            // file's listed size is not the size of what its store returns.
+            .set_bool("datafusion.optimizer.repartition_file_scans", false);
         let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let schema = LakeSchema {
             tables: tables.into_iter().map(Arc::new).collect(),
@@ -281,7 +287,13 @@ impl LakeSchema {
             );
             return Ok(Arc::new(EmptyTable::new(Arc::new(Schema::new(fields)))));
         };
-        let store = Arc::new(VisibleFiles(store));
+        let snappy = matches!(
+            def.format,
+            TableFormat::JsonLines {
+                compression: JsonCompression::Snappy
+            }
+        );
+        let store = Arc::new(VisibleFiles(store, snappy));
         let url = ObjectStoreUrl::parse(format!("hydrant-lake://t{index}"))?;
         self.runtime
             .register_object_store(url.as_ref(), store.clone());
@@ -319,6 +331,7 @@ fn compression_type(c: JsonCompression) -> FileCompressionType {
         JsonCompression::Uncompressed => FileCompressionType::UNCOMPRESSED,
         JsonCompression::Gzip => FileCompressionType::GZIP,
         JsonCompression::Zstd => FileCompressionType::ZSTD,
+        JsonCompression::Snappy => FileCompressionType::UNCOMPRESSED,
     }
 }
 
@@ -451,7 +464,11 @@ fn file_schema(format: TableFormat, bytes: bytes::Bytes) -> Result<Schema, DataF
         TableFormat::JsonLines { compression } => {
             // Every record of the file: a field first seen late still counts.
             use bytes::Buf;
-            let reader = compression_type(compression).convert_read(bytes.reader())?;
+            let reader: Box<dyn std::io::Read + Send> = match compression {
+                // The table's store has decompressed it already.
+                JsonCompression::Snappy => Box::new(bytes.reader()),
+                c => compression_type(c).convert_read(bytes.reader())?,
+            };
             let values =
                 serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter::<Value>();
             Ok(infer_json_schema_from_iterator(values.map(|v| {
@@ -504,7 +521,7 @@ fn merge_type(a: &DataType, b: &DataType) -> Option<DataType> {
 /// The local file system below one table's directory, without the files and
 /// directories whose names start with '.' or '_'. Read-only.
 #[derive(Debug)]
-struct VisibleFiles(Arc<dyn ObjectStore>);
+struct VisibleFiles(Arc<dyn ObjectStore>, /* snappy */ bool);
 
 impl fmt::Display for VisibleFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -562,7 +579,38 @@ impl ObjectStore for VisibleFiles {
         'b: 'c,
         Self: 'c,
     {
-        self.0.get_opts(location, options)
+        if !self.1 {
+            return self.0.get_opts(location, options);
+        }
+        Box::pin(async move {
+            let r = self.0.get_opts(location, options).await?;
+            let (mut meta, attributes) = (r.meta.clone(), r.attributes.clone());
+            let packed = r.bytes().await?;
+            let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<bytes::Bytes> {
+                use std::io::Read;
+                let mut out = Vec::new();
+                snap::read::FrameDecoder::new(&packed[..]).read_to_end(&mut out)?;
+                Ok(out.into())
+            })
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "lake",
+                source: Box::new(e),
+            })?
+            .map_err(|e| object_store::Error::Generic {
+                store: "lake",
+                source: Box::new(e),
+            })?;
+            meta.size = bytes.len() as u64;
+            Ok(object_store::GetResult {
+                range: 0..meta.size,
+                meta,
+                attributes,
+                payload: object_store::GetResultPayload::Stream(
+                    futures::stream::once(async move { Ok(bytes) }).boxed(),
+                ),
+            })
+        })
     }
 
     fn delete_stream(
@@ -790,11 +838,10 @@ fn elements(values: &ArrayRef) -> Value {
 
 /// A table for every stream: its objects below the Prefix's fixed
 /// directory, in the embedded lake or its S3 bucket, Hive-style partition
-/// directories as columns. Streams that cannot be tables are in the second
-/// list with the reason.
-pub fn lake_tables(registry: &crate::stream::Registry) -> (Vec<TableDef>, Vec<String>) {
+/// directories as columns.
+pub fn lake_tables(registry: &crate::stream::Registry) -> Vec<TableDef> {
     use crate::spec::{Compression, Format, ParquetSchema};
-    let (mut tables, mut skipped) = (Vec::new(), Vec::new());
+    let mut tables = Vec::new();
     for s in registry.list() {
         let spec = &s.spec;
         let format = match (&spec.format, spec.compression) {
@@ -808,13 +855,9 @@ pub fn lake_tables(registry: &crate::stream::Registry) -> (Vec<TableDef>, Vec<St
             (Format::Raw, Compression::Zstd) => TableFormat::JsonLines {
                 compression: JsonCompression::Zstd,
             },
-            (Format::Raw, Compression::Snappy) => {
-                skipped.push(format!(
-                    "{} (Snappy-framed JSON cannot be queried yet)",
-                    spec.name
-                ));
-                continue;
-            }
+            (Format::Raw, Compression::Snappy) => TableFormat::JsonLines {
+                compression: JsonCompression::Snappy,
+            },
         };
         let schema = match &spec.format {
             Format::Parquet {
@@ -843,5 +886,5 @@ pub fn lake_tables(registry: &crate::stream::Registry) -> (Vec<TableDef>, Vec<St
             schema,
         });
     }
-    (tables, skipped)
+    tables
 }

@@ -137,7 +137,7 @@ async fn query(
             "the body must be a SQL query".into(),
         );
     }
-    let (tables, skipped) = crate::query::lake_tables(&app.registry);
+    let tables = crate::query::lake_tables(&app.registry);
     let lake = match crate::query::Lake::new(tables).await {
         Ok(l) => l,
         Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -156,13 +156,7 @@ async fn query(
                 .into_response(),
             _ => axum::Json(crate::query::to_json(&batches)).into_response(),
         },
-        Err(e) => {
-            let mut msg = e.to_string();
-            if !skipped.is_empty() {
-                msg += &format!(" (not tables: {})", skipped.join(", "));
-            }
-            fail(StatusCode::BAD_REQUEST, msg)
-        }
+        Err(e) => fail(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

@@ -164,6 +164,20 @@ def test_json_streams_are_tables_and_a_query_sees_what_was_just_delivered(server
     assert "| n   |" in table and "| 250 |" in table
 
 
+@pytest.mark.parametrize("compression", ["UNCOMPRESSED", "GZIP", "ZSTD", "Snappy"])
+def test_json_streams_of_every_compression_are_tables(server, compression):
+    c = server.client()
+    c.create_delivery_stream(**stream_config(name="z", bucket="z-lake", prefix="z/", interval=900, compression=compression))
+    put_all(c, "z", [{"k": i % 3, "v": i} for i in range(300)])
+    assert server.stop() == 0
+    (obj,) = server.objects("z-lake")
+    ext = {"UNCOMPRESSED": "", "GZIP": ".gz", "ZSTD": ".zst", "Snappy": ".snappy"}[compression]
+    assert obj.name.endswith(ext) and (ext or "." not in obj.name)
+    server.start()
+    rows = query(server, "SELECT k, count(*), sum(v) FROM z GROUP BY k ORDER BY k")["rows"]
+    assert rows == [[k, 100, sum(v for v in range(300) if v % 3 == k)] for k in range(3)]
+
+
 def test_an_inferred_schema_grows_nullable_columns(make_server):
     server = make_server(CATALOG)
     c = server.client()
