@@ -33,6 +33,20 @@ function el(tag, attrs = {}, ...kids) {
 const intFmt = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
 const floatFmt = new Intl.NumberFormat('en-US', { maximumSignificantDigits: 12 });
 const fmtInt = (n) => (Number.isFinite(n) ? intFmt.format(n) : '–');
+// Horizontal grid lines with their value labels, shared by every chart.
+function drawYGrid(ctx, theme, ticks, Y, box, w) {
+  ctx.lineWidth = 1;
+  ctx.strokeStyle = theme.grid;
+  ctx.fillStyle = theme.muted;
+  ctx.textAlign = 'right';
+  for (const v of ticks) {
+    const y = Math.round(Y(v)) + 0.5;
+    ctx.beginPath(); ctx.moveTo(box.l, y); ctx.lineTo(w - box.r, y); ctx.stroke();
+    ctx.fillText(fmtNum(v), box.l - 6, y);
+  }
+  ctx.textAlign = 'left';
+}
+
 function fmtNum(n) {
   if (n == null || !Number.isFinite(n)) return '–';
   const a = Math.abs(n);
@@ -534,16 +548,7 @@ function drawChart(a, theme) {
   const Y = (v) => box.t + (1 - (v - lo) / (hi - lo)) * ph;
 
   // grid and axes
-  ctx.lineWidth = 1;
-  ctx.strokeStyle = theme.grid;
-  ctx.fillStyle = theme.muted;
-  ctx.textAlign = 'right';
-  for (const v of yTicks) {
-    const y = Math.round(Y(v)) + 0.5;
-    ctx.beginPath(); ctx.moveTo(box.l, y); ctx.lineTo(w - box.r, y); ctx.stroke();
-    ctx.fillText(fmtNum(v), box.l - 6, y);
-  }
-  ctx.textAlign = 'left';
+  drawYGrid(ctx, theme, yTicks, Y, box, w);
   ctx.fillText(a.measure, box.l, 7);
   const tStep = TIME_STEPS.find((s) => (s / (x1 - x0 || 1)) * pw >= 70) || 86400000;
   const tz = new Date(x0).getTimezoneOffset() * 60000; // align ticks to local clock boundaries
@@ -858,16 +863,7 @@ function drawQueryChart(theme) {
   const slot = pw / m.bars.length;
   const Y = (v) => box.t + (1 - (v - lo) / (hi - lo)) * ph;
 
-  ctx.lineWidth = 1;
-  ctx.strokeStyle = theme.grid;
-  ctx.fillStyle = theme.muted;
-  ctx.textAlign = 'right';
-  for (const v of yTicks) {
-    const y = Math.round(Y(v)) + 0.5;
-    ctx.beginPath(); ctx.moveTo(box.l, y); ctx.lineTo(w - box.r, y); ctx.stroke();
-    ctx.fillText(fmtNum(v), box.l - 6, y);
-  }
-  ctx.textAlign = 'left';
+  drawYGrid(ctx, theme, yTicks, Y, box, w);
   ctx.fillText(m.total > m.bars.length ? `${m.what} · first ${fmtInt(m.bars.length)} of ${fmtInt(m.total)} rows` : m.what, box.l, 7);
 
   // Labels are thinned to every k-th bar so they never overlap; the tooltip has them all.

@@ -28,6 +28,26 @@ def hydrant_bin() -> str:
     return str(Path(target) / "release" / "hydrant")
 
 
+AWS = Path(__import__("sys").executable).parent / "aws"
+
+
+def aws_env() -> dict:
+    """The environment for the AWS CLI against a local server: any
+    credentials, no config files, no retries, no pager."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="eu-west-1",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_MAX_ATTEMPTS="1",
+        AWS_PAGER="",
+        PYTHONIOENCODING="utf-8",
+    )
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

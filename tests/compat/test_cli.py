@@ -3,34 +3,18 @@ every Firehose command a user would type, with what lands checked in the lake.
 """
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import stream_config
+from conftest import AWS, aws_env, stream_config
 
-AWS = Path(sys.executable).parent / "aws"
 ROLE = "arn:aws:iam::123456789012:role/firehose"
 
 
 def aws(server, *args):
     """Runs `aws firehose <args>` against the server; returns the CompletedProcess."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AWS_") or k in ("AWS_CA_BUNDLE",)
-    }
-    env.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_MAX_ATTEMPTS="1",
-        AWS_PAGER="",
-    )
+    env = aws_env()
     return subprocess.run(
         [str(AWS), "--endpoint-url", server.endpoint, "--region", "eu-west-1", "--output", "json", "firehose", *args],
         capture_output=True,

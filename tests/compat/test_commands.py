@@ -1,11 +1,10 @@
 """hydrant's own commands, as a user runs them: generate, demo, bench."""
 
 import json
-import os
 import re
 import subprocess
 
-from conftest import free_port, hydrant_bin, stream_config, wait_for
+from conftest import free_port, hydrant_bin, stream_config
 
 EVENTS = {"JOIN", "LEAVE", "OPEN_CHAT", "SUBSCRIBE", "SEND_MESSAGE"}
 

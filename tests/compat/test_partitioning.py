@@ -18,7 +18,7 @@ from collections import Counter
 
 import botocore.exceptions
 
-from conftest import stream_config, wait_for
+from conftest import stream_config
 
 EVENTS = ["JOIN", "LEAVE", "OPEN_CHAT", "SUBSCRIBE", "SEND_MESSAGE"]
 

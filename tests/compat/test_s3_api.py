@@ -8,18 +8,15 @@ import http.client
 import math
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import stream_config, wait_for
+from conftest import AWS, aws_env, stream_config, wait_for
 
-AWS = Path(sys.executable).parent / "aws"
 BUCKET = "data.staging.aws"
 
 
@@ -39,17 +36,7 @@ def s3_client(server):
 
 def aws(server, *args, cwd=None):
     """Runs `aws <args> --endpoint-url <server>`; returns the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID="anything",
-        AWS_SECRET_ACCESS_KEY="anything",
-        AWS_DEFAULT_REGION="eu-west-1",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_MAX_ATTEMPTS="1",
-        AWS_PAGER="",
-        PYTHONIOENCODING="utf-8",
-    )
+    env = aws_env()
     return subprocess.run(
         [str(AWS), *args, "--endpoint-url", server.endpoint],
         capture_output=True,
