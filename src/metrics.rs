@@ -132,6 +132,21 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
             );
         }
     }
+    let name = "hydrant_records_failed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Records sent to the error output, by error code.\n# TYPE {name} counter"
+    );
+    for s in streams {
+        for (code, n) in s.delivery.errors.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\",reason=\"{}\"}} {n}",
+                label(&s.spec.name),
+                label(code)
+            );
+        }
+    }
     let name = "hydrant_log_fsync_seconds";
     let _ = writeln!(
         out,

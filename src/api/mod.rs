@@ -84,6 +84,8 @@ fn streams_json(app: &App) -> serde_json::Value {
                 "records_delivered": s.delivery.records.load(Relaxed),
                 "bytes_delivered": s.delivery.bytes.load(Relaxed),
                 "delivery_failures": s.delivery.failures.load(Relaxed),
+                // Records sent to the error output, by error code.
+                "failed_records": *s.delivery.errors.lock().unwrap(),
                 "lag_records": s.lag_records(),
                 "lag_seconds": s.lag_seconds(now),
                 "log_bytes": s.log.bytes_on_disk(),

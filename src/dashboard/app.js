@@ -205,7 +205,8 @@ function updateStream(st, s, t) {
     if (st.rates.length > RATE_SAMPLES) st.rates.shift();
     st.sparkDirty = true;
   }
-  const failures = (s.records_rejected || 0) + (s.delivery_failures || 0);
+  const routed = Object.values(s.failed_records || {}).reduce((x, y) => x + y, 0);
+  const failures = (s.records_rejected || 0) + (s.delivery_failures || 0) + routed;
   const c = st.cells;
   c.records_per_s.textContent = fmtRate(st.rps);
   c.mb_per_s.textContent = st.mbps == null ? '–' : st.mbps.toFixed(st.mbps < 10 ? 3 : 1);
@@ -214,7 +215,8 @@ function updateStream(st, s, t) {
   c.lag_records.textContent = fmtInt(s.lag_records);
   c.lag_seconds.textContent = fmtSecs(s.lag_seconds);
   c.failures.textContent = fmtInt(failures);
-  c.failures.title = `${fmtInt(s.records_rejected)} rejected at intake, ${fmtInt(s.delivery_failures)} delivery failures`;
+  const reasons = Object.entries(s.failed_records || {}).map(([code, n]) => `, ${fmtInt(n)} ${code}`).join('');
+  c.failures.title = `${fmtInt(s.records_rejected)} rejected at intake, ${fmtInt(s.delivery_failures)} delivery failures${reasons}`;
   c.failures.classList.toggle('bad', failures > 0);
   c.lag_seconds.classList.toggle('warn', s.lag_seconds > 60);
   c.log_bytes.textContent = fmtBytes(s.log_bytes);

@@ -14,11 +14,12 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import botocore.exceptions
 
-from conftest import stream_config
+from conftest import stream_config, wait_for
 
 EVENTS = ["JOIN", "LEAVE", "OPEN_CHAT", "SUBSCRIBE", "SEND_MESSAGE"]
 
@@ -57,6 +58,14 @@ def test_records_land_in_their_partition_and_bad_ones_in_the_error_output(server
     records = good[:50] + bad + good[50:]
     r = c.put_record_batch(DeliveryStreamName="parts", Records=[{"Data": json.dumps(x)} for x in records])
     assert r["FailedPutCount"] == 0
+
+    def failed():
+        with urllib.request.urlopen(server.endpoint + "/-/streams", timeout=5) as f:
+            return json.load(f)["streams"][0]["failed_records"]
+
+    assert wait_for(failed, what="failed records counted") == {"DynamicPartitioning.MetadataExtractionFailed": 2}
+    with urllib.request.urlopen(server.endpoint + "/-/metrics", timeout=5) as f:
+        assert 'hydrant_records_failed_total{stream="parts",reason="DynamicPartitioning.MetadataExtractionFailed"} 2' in f.read().decode()
     assert server.stop() == 0
 
     lake = read_lake(server, "parts")
