@@ -210,6 +210,23 @@ impl S3Error {
 }
 
 /// Every S3 response carries a request id; errors also name what was asked for.
+/// The bucket a `/{bucket}` path names, or the response for one that names
+/// none (hydrant's own `/-/` namespace, or an unreadable path).
+fn bucket_name(
+    path: Result<UrlPath<String>, PathRejection>,
+    uri: &Uri,
+    head: bool,
+) -> Result<String, Response> {
+    match path {
+        Ok(UrlPath(b)) if b == "-" => Err(hydrant_namespace()),
+        Ok(UrlPath(b)) => Ok(b),
+        Err(e) => {
+            let e = S3Error::invalid_argument(format!("bad bucket in path: {e}"));
+            Err(finish(Err(e), uri, head))
+        }
+    }
+}
+
 fn finish(result: Result<Response, S3Error>, uri: &Uri, head: bool) -> Response {
     let request_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase();
     let mut response = match result {
@@ -306,13 +323,9 @@ async fn bucket_get(
     path: Result<UrlPath<String>, PathRejection>,
     query: Params,
 ) -> Response {
-    let bucket = match path {
-        Ok(UrlPath(b)) if b == "-" => return hydrant_namespace(),
-        Ok(UrlPath(b)) => b,
-        Err(e) => {
-            let e = S3Error::invalid_argument(format!("bad bucket in path: {e}"));
-            return finish(Err(e), &uri, false);
-        }
+    let bucket = match bucket_name(path, &uri, false) {
+        Ok(b) => b,
+        Err(response) => return response,
     };
     let region = super::region(&headers).to_string();
     let result = async {
@@ -345,13 +358,9 @@ async fn bucket_head(
     uri: Uri,
     path: Result<UrlPath<String>, PathRejection>,
 ) -> Response {
-    let bucket = match path {
-        Ok(UrlPath(b)) if b == "-" => return hydrant_namespace(),
-        Ok(UrlPath(b)) => b,
-        Err(e) => {
-            let e = S3Error::invalid_argument(format!("bad bucket in path: {e}"));
-            return finish(Err(e), &uri, true);
-        }
+    let bucket = match bucket_name(path, &uri, true) {
+        Ok(b) => b,
+        Err(response) => return response,
     };
     let result = match bucket_dir(&lake(&app), &bucket).await {
         Ok(_) => {
