@@ -17,7 +17,8 @@ const BIN = process.env.HYDRANT_BIN
   || (process.env.CARGO_TARGET_DIR
     ? join(resolve(process.env.CARGO_TARGET_DIR), 'release', 'hydrant')
     : resolve(here, '../../target/release/hydrant'));
-const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || '/work/main/docs/dashboard.png';
+// The README's picture is made with DASHBOARD_SCREENSHOT=docs/dashboard.png.
+const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || join(tmpdir(), 'hydrant-dashboard.png');
 const CHROMIUM = '/usr/bin/chromium';
 const STREAM = 'my-event-staging';
 const EVENT_NAMES = ['JOIN', 'LEAVE', 'OPEN_CHAT', 'SUBSCRIBE', 'SEND_MESSAGE'];
