@@ -295,9 +295,9 @@ impl Delivery {
             return (Target::Error(d.output_type.clone()), Some(d.clone()));
         }
         let fresh = offset >= st.decided_upto;
-        let divert = |st: &mut State, code: &str, message: String| {
+        let divert = |st: &mut State, output_type: &str, code: &str, message: String| {
             let d = Diversion {
-                output_type: "processing-failed".into(),
+                output_type: output_type.into(),
                 code: code.into(),
                 message,
             };
@@ -308,7 +308,14 @@ impl Delivery {
             None => vec![],
             Some(q) => match q.eval(data) {
                 Ok(v) => v,
-                Err(e) => return divert(st, "DynamicPartitioning.MetadataExtractionFailed", e),
+                Err(e) => {
+                    return divert(
+                        st,
+                        "processing-failed",
+                        "DynamicPartitioning.MetadataExtractionFailed",
+                        e,
+                    )
+                }
             },
         };
         if fresh {
@@ -324,13 +331,12 @@ impl Delivery {
                 } => st.schema.get_or_insert_with(Default::default).observe(data),
             };
             if let Err(e) = fit {
-                let d = Diversion {
-                    output_type: "format-conversion-failed".into(),
-                    code: "DataFormatConversion.MalformedData".into(),
-                    message: e,
-                };
-                st.diverted.insert(offset, d.clone());
-                return (Target::Error(d.output_type.clone()), Some(d));
+                return divert(
+                    st,
+                    "format-conversion-failed",
+                    "DataFormatConversion.MalformedData",
+                    e,
+                );
             }
         }
         let target = Target::Data(values);
@@ -342,6 +348,7 @@ impl Delivery {
             if active >= self.max_partitions && !open.contains_key(&target.id()) {
                 return divert(
                     st,
+                    "processing-failed",
                     "DynamicPartitioning.ActivePartitionsLimitExceeded",
                     format!("{} partitions are open, the most a stream may have (delivery.max_active_partitions)", self.max_partitions),
                 );
