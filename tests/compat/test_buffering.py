@@ -63,6 +63,37 @@ def sized_records(n, lo, hi, compressible=False):
     return out
 
 
+def wait_for_size_cuts(server, bucket, start, interval):
+    """Waits until the bucket holds two objects; returns the time they were
+    seen (taken after listing them, so both existed by then). An interval cut
+    is due no sooner than `interval` seconds after the oldest record arrived,
+    which was after `start`; so two objects seen before `start + interval`
+    were both cut by size. The deadline is just past that instant: a slower
+    machine gets all the time the assertion allows, no more is meaningful."""
+    def two():
+        n = len(server.objects(bucket))
+        t = time.time()
+        return t if n >= 2 else None
+
+    return wait_for(two, timeout=max(1.0, start + interval + 1 - time.time()), what=f"two size-cut objects in {bucket}")
+
+
+def objects_before_interval(server, bucket, start, interval, first_record):
+    """The size-cut objects, and a check that no other object was cut: while
+    `interval` has not elapsed since `start` (before the first put) only size
+    cuts can happen, so there must be exactly two. If a slow machine got past
+    that instant, the interval may have cut the rest (it must then be the one
+    extra object; the final count after SIGTERM still catches any spurious
+    cut); the two size cuts are the ones holding the earliest records."""
+    objs = server.objects(bucket)
+    checked = time.time()
+    if checked - start < interval:
+        assert len(objs) == 2, [p.name for p in objs]
+        return objs
+    assert len(objs) in (2, 3), [p.name for p in objs]
+    return sorted(objs, key=lambda p: int(first_record(p)[4:10]))[:2]
+
+
 # (stream name, Prefix, ErrorOutputPrefix, regex the evaluated prefix must match at the object's time)
 PREFIX_TABLE = [
     ("pfx-plain", "events/", None, lambda t: re.escape(f"events/{t:%Y/%m/%d/%H}/")),
@@ -108,7 +139,7 @@ def test_keys_follow_prefix_rules(make_server):
         put_batches(c, name, records)
         sent[name] = (records, before, time.time())
     for name, *_ in PREFIX_TABLE:
-        wait_for(lambda: server.objects(f"bkt-{name}"), timeout=15, what=f"an object from {name}")
+        wait_for(lambda: server.objects(f"bkt-{name}"), timeout=60, what=f"an object from {name}")
     time.sleep(0.5)
     for name, prefix, error_prefix, expected in PREFIX_TABLE:
         keys = server.keys(f"bkt-{name}")
@@ -124,18 +155,17 @@ def test_keys_follow_prefix_rules(make_server):
 
 def test_size_hint_cuts_objects_at_one_mib(make_server):
     """SizeInMBs 1 with a 60 s interval: ~2.5 MB of ~10 KB records yields two
-    objects well before 60 s; each holds at least 1 MiB and would have been
-    under 1 MiB without its last record; SIGTERM then delivers the rest, and
-    the lake holds every record once, in order."""
+    objects before the 60 s interval could have elapsed; each holds at least
+    1 MiB and would have been under 1 MiB without its last record; SIGTERM
+    then delivers the rest, and the lake holds every record once, in order."""
     server = make_server(config=config(stream_config(name="sized", bucket="bkt", size_mb=1, interval=60)))
     records = sized_records(250, 8_000, 12_000)
     start = time.time()
     put_batches(server.client(), "sized", records)
-    wait_for(lambda: len(server.objects("bkt")) >= 2, timeout=20, what="two size-cut objects")
-    assert time.time() - start < 30
+    seen = wait_for_size_cuts(server, "bkt", start, interval=60)
+    assert seen - start < 60, f"the two objects took {seen - start:.1f}s, so IntervalInSeconds 60 may have cut them, not SizeInMBs"
     time.sleep(0.5)
-    cut = server.objects("bkt")
-    assert len(cut) == 2, [p.name for p in cut]
+    cut = objects_before_interval(server, "bkt", start, interval=60, first_record=lambda p: lines(p.read_bytes())[0])
     for p in cut:
         body = p.read_bytes()
         last = len(lines(body)[-1]) + 1
@@ -150,8 +180,15 @@ def test_size_hint_cuts_objects_at_one_mib(make_server):
 
 def test_interval_hint_cuts_after_interval(make_server):
     """IntervalInSeconds 1 with a 128 MB size hint: a few records become one
-    object no sooner than 1 s after they arrive and within a few seconds,
-    holding them all in order."""
+    object no sooner than 1 s after they arrive (nothing but the interval can
+    cut it), holding them all in order.
+
+    The object must appear while the server runs (the interval cut it, not a
+    shutdown); how soon is left to a generous deadline, since a loaded machine
+    may run the cut late. If the puts themselves took a second or more, the
+    interval may rightly have cut between them: then the records must still
+    all be there, in order, the first object no sooner than 1 s after the
+    first put."""
     server = make_server(config=config(stream_config(name="timed", bucket="bkt", size_mb=128, interval=1)))
     records = [f"event-{i}".encode() for i in range(5)]
     c = server.client()
@@ -159,41 +196,81 @@ def test_interval_hint_cuts_after_interval(make_server):
     for r in records:
         c.put_record(DeliveryStreamName="timed", Record={"Data": r})
     put_done = time.time()
-    assert put_done - before < 0.5
-    wait_for(lambda: server.objects("bkt"), timeout=5, interval=0.01, what="an object after IntervalInSeconds")
-    seen = time.time()
+
+    def listed():
+        objs = server.objects("bkt")
+        return (objs, time.time()) if objs else None  # the time is taken after listing: they existed by then
+
+    _, seen = wait_for(listed, timeout=60, interval=0.01, what="an object after IntervalInSeconds")
     assert seen - before >= 0.99, f"object appeared {seen - before:.3f}s after the first put, before IntervalInSeconds"
-    time.sleep(0.3)
-    objs = server.objects("bkt")
-    assert len(objs) == 1, [p.name for p in objs]
-    assert lines(objs[0].read_bytes()) == records
+    if put_done - before < 1.0:
+        # Every record arrived before the first one was 1 s old, so before any
+        # cut: one object holds them all, and nothing is left to cut later.
+        time.sleep(0.3)
+        objs = server.objects("bkt")
+        assert len(objs) == 1, [p.name for p in objs]
+        assert lines(objs[0].read_bytes()) == records
+    else:
+        def delivered():
+            objs = server.objects("bkt")
+            got = sorted((lines(p.read_bytes()) for p in objs), key=lambda ls: int(ls[0][6:]))
+            return got if sum(map(len, got)) >= len(records) else None
+
+        got = wait_for(delivered, timeout=60, what="every record delivered by IntervalInSeconds")
+        assert [line for o in got for line in o] == records, f"puts took {put_done - before:.2f}s; objects hold {got}"
 
 
 def test_interval_counts_from_the_oldest_record(make_server):
     """IntervalInSeconds is measured from the oldest record in the buffer, so
     a steady trickle of records (one every 0.25 s with a 2 s interval) is cut
-    into objects every ~2 s instead of being held back by each new record."""
-    server = make_server(config=config(stream_config(name="trickle", bucket="bkt", size_mb=128, interval=2)))
+    into objects every ~2 s instead of being held back by each new record.
+
+    Each record's arrival is bracketed by the client times just before and
+    after its put, so a slow client cannot stretch or shrink what is measured.
+    The trickle goes on for 5.5 s and until two objects were cut while it ran
+    (generous deadline). An object's records must have arrived within the
+    interval plus a slack for a late cut: 0.3 s, or the slowest put the server
+    answered during the trickle if that was longer (a server that slow may run
+    its cut that late too)."""
+    interval = 2
+    server = make_server(config=config(stream_config(name="trickle", bucket="bkt", size_mb=128, interval=interval)))
     c = server.client()
     start = time.time()
     first_object_at = None
     sent = []
-    while time.time() - start < 5.5:
-        rec = json.dumps({"i": len(sent), "at": time.time()}).encode()
+    put_times = []  # (just before, just after) each put: the record arrived in between
+    while True:
+        now = time.time()
+        if now - start >= 5.5 and len(server.objects("bkt")) >= 2:
+            break
+        assert now - start < 60, f"{len(server.objects('bkt'))} objects after {now - start:.0f}s while records kept arriving"
+        before = time.time()
+        rec = json.dumps({"i": len(sent), "at": before}).encode()
         c.put_record(DeliveryStreamName="trickle", Record={"Data": rec})
+        put_times.append((before, time.time()))
         sent.append(rec)
         if first_object_at is None and server.objects("bkt"):
             first_object_at = time.time()
         time.sleep(0.25)
-    assert first_object_at is not None and first_object_at - start < 3.0, "no object within 3 s while records kept arriving"
+    assert first_object_at is not None, "no object while records kept arriving"
+    assert first_object_at - put_times[0][0] >= interval - 0.01, (
+        f"first object seen {first_object_at - put_times[0][0]:.2f}s after the first put, before IntervalInSeconds"
+    )
     assert len(server.objects("bkt")) >= 2
     assert server.stop(signal.SIGTERM) == 0
     objs = [lines(p.read_bytes()) for p in server.objects("bkt")]
     objs.sort(key=lambda ls: json.loads(ls[0])["i"])
     assert [line for o in objs for line in o] == sent
+    slowest_put = max(after - before for before, after in put_times)
+    slack = max(0.3, slowest_put)
     for o in objs[:-1]:
-        span = json.loads(o[-1])["at"] - json.loads(o[0])["at"]
-        assert span < 2.3, f"an object holds records spanning {span:.2f}s with a 2 s interval"
+        first, last = json.loads(o[0])["i"], json.loads(o[-1])["i"]
+        # The least the arrivals can span: the last arrived after its put began, the first before its put returned.
+        span = put_times[last][0] - put_times[first][1]
+        assert span < interval + slack, (
+            f"an object holds records {first}..{last} whose arrivals span at least {span:.2f}s "
+            f"with a {interval} s interval (slack {slack:.2f}s, slowest put {slowest_put:.2f}s)"
+        )
 
 
 def test_no_delimiter_means_records_back_to_back(make_server):
@@ -202,7 +279,7 @@ def test_no_delimiter_means_records_back_to_back(make_server):
     server = make_server(config=config(stream_config(name="raw", bucket="bkt", size_mb=1, interval=1, delimiter=False)))
     records = [b"a1", b"b22", b'{"c":333}', b"\x00\xffbinary", b"e\n"]
     server.client().put_record_batch(DeliveryStreamName="raw", Records=[{"Data": r} for r in records])
-    wait_for(lambda: server.objects("bkt"), timeout=10, what="an object")
+    wait_for(lambda: server.objects("bkt"), timeout=60, what="an object")
     assert server.stop(signal.SIGTERM) == 0
     objs = server.objects("bkt")
     assert len(objs) == 1
@@ -213,14 +290,15 @@ def test_gzip_objects_and_uncompressed_size_hint(make_server):
     """GZIP: keys end in .gz, `gzip -d` gives back exactly the records put,
     and SizeInMBs counts uncompressed bytes: 2.5 MB of compressible records
     make two objects of at least 1 MiB uncompressed (each far smaller on
-    disk) well before the 60 s interval."""
+    disk) before the 60 s interval could have elapsed."""
     server = make_server(config=config(stream_config(name="zipped", bucket="bkt", size_mb=1, interval=60, compression="GZIP")))
     records = sized_records(250, 8_000, 12_000, compressible=True)
+    start = time.time()
     put_batches(server.client(), "zipped", records)
-    wait_for(lambda: len(server.objects("bkt")) >= 2, timeout=20, what="two size-cut GZIP objects")
+    seen = wait_for_size_cuts(server, "bkt", start, interval=60)
+    assert seen - start < 60, f"the two objects took {seen - start:.1f}s, so IntervalInSeconds 60 may have cut them, not SizeInMBs"
     time.sleep(0.5)
-    cut = server.objects("bkt")
-    assert len(cut) == 2, [p.name for p in cut]
+    cut = objects_before_interval(server, "bkt", start, interval=60, first_record=lambda p: lines(gzip.decompress(p.read_bytes()))[0])
     for p in cut:
         assert p.name.endswith(".gz"), p.name
         r = subprocess.run(["gzip", "-d", "-c", str(p)], capture_output=True)

@@ -6,6 +6,14 @@ number, and attempt. A record is acknowledged when its call succeeded and its
 entry has a RecordId. An unacknowledged record is retried under a new attempt
 number, so a record that landed from a failed call is allowed in the lake, but
 no id may ever appear twice: a duplicate can only come from the server.
+
+The kill schedule comes from a seeded random generator; each test prints its
+seed (pytest shows it when the test fails) and HYDRANT_CRASH_SEED=<seed>
+replays the same schedule (the threads' timing cannot be replayed).
+
+HYDRANT_SOAK_KILLS and HYDRANT_SOAK_PRODUCERS (default 5 and 4) set the size
+of test_sigkill_under_load_loses_and_duplicates_nothing; scripts/soak runs it
+with 20 kills. The normal suite leaves them unset and runs the short version.
 """
 
 import gzip
@@ -36,6 +44,23 @@ KEY_RE = re.compile(
 )
 
 RETRYABLE = (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError)
+
+# The size of the SIGKILL test; scripts/soak raises them.
+KILLS = int(os.environ.get("HYDRANT_SOAK_KILLS", "5"))
+PRODUCERS = int(os.environ.get("HYDRANT_SOAK_PRODUCERS", "4"))
+# Records acknowledged per kill: the load the SIGKILL test must carry.
+ACKED_PER_KILL = 2_000
+# How long to let the producers run to reach a load target. Generous on
+# purpose: on a fast machine the targets are met without waiting.
+LOAD_DEADLINE = 120.0
+# How long a restart may take to be ready (recovery under a loaded machine).
+RESTART_TIMEOUT = 60.0
+
+
+def crash_seed():
+    """The seed of a kill schedule: HYDRANT_CRASH_SEED if set, else a fresh one."""
+    env = os.environ.get("HYDRANT_CRASH_SEED", "").strip()
+    return int(env) if env else random.SystemRandom().randrange(1 << 32)
 
 
 def config_text(compression="UNCOMPRESSED"):
@@ -187,31 +212,65 @@ def writing_an_object(server):
         return False
 
 
-def chaos(server, producers, kills, settle=1.0, kill_when=None, targeted=lambda k: True):
+def acked_count(producers):
+    return sum(len(p.acked) for p in producers)
+
+
+def keep_producing(producers, enough, timeout=LOAD_DEADLINE):
+    """Lets the producers run until `enough()` holds (True), or a producer
+    stopped, or `timeout` passed (False: the caller's assertions report it)."""
+    deadline = time.monotonic() + timeout
+    while not enough():
+        if time.monotonic() > deadline or any(p.error is not None or not p.is_alive() for p in producers):
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def chaos(server, producers, kills, settle=1.0, kill_when=None, targeted=lambda k: True, acked_over=0):
     """Runs producers, SIGKILLs and restarts the server `kills` times at
     random moments (once in the middle of a SIGTERM shutdown), then stops the
     server with SIGTERM while the producers are still sending. With
     `kill_when`, each kill `k` with `targeted(k)` waits (up to 3 s) for that
-    condition first."""
+    condition first.
+
+    The load is counted, not timed: kill `k` also waits until k/kills of
+    `acked_over` records are acknowledged, and the final SIGTERM until more
+    than `acked_over` are and every producer has had a record acknowledged
+    since the last restart; so however slow the machine, the kills fall among
+    that much traffic (each wait has a generous deadline; the callers'
+    assertions report a shortfall). The random moments come from a seeded
+    generator whose seed is printed and appears in the failures here."""
+    seed = crash_seed()
+    replay = f"HYDRANT_CRASH_SEED={seed}"
+    print(f"chaos: {kills} kills, {len(producers)} producers, more than {acked_over} acknowledged records; "
+          f"replay the kill schedule with {replay}", flush=True)
+    rng = random.Random(seed)
     observer = Observer(server.lake)
     observer.start()
     for p in producers:
         p.start()
-    rng = random.Random()
+    began = time.monotonic()
     try:
         for k in range(kills):
             time.sleep(rng.uniform(0.05, 1.8))
+            keep_producing(producers, lambda: acked_count(producers) >= acked_over * k // kills)
             if kill_when is not None and targeted(k):
                 deadline = time.monotonic() + 3
                 while not kill_when(server) and time.monotonic() < deadline:
                     time.sleep(0.0005)
-            if k == kills // 2:
+            during_sigterm = k == kills // 2
+            if during_sigterm:
                 server.proc.send_signal(signal.SIGTERM)
                 time.sleep(rng.uniform(0.0, 0.1))
             server.kill()
+            print(f"  kill {k + 1}/{kills} at {time.monotonic() - began:.1f}s"
+                  f"{' (during SIGTERM)' if during_sigterm else ''}: {acked_count(producers)} acknowledged", flush=True)
             time.sleep(rng.uniform(0.0, 0.3))
-            server.start()
+            server.start(timeout=RESTART_TIMEOUT)
         before = {p.p: len(p.acked) for p in producers}
+        keep_producing(producers, lambda: acked_count(producers) > acked_over
+                       and all(len(p.acked) > before[p.p] for p in producers))
         time.sleep(settle)
         rc = server.stop(signal.SIGTERM)
     finally:
@@ -221,13 +280,15 @@ def chaos(server, producers, kills, settle=1.0, kill_when=None, targeted=lambda 
             p.join(timeout=60)
     observer.stop.set()
     observer.join(timeout=30)
+    print(f"chaos: done after {time.monotonic() - began:.1f}s, {acked_count(producers)} acknowledged, "
+          f"{sum(p.failed_calls for p in producers)} failed calls", flush=True)
     for p in producers:
-        assert not p.is_alive(), f"producer {p.p} hung"
+        assert not p.is_alive(), f"producer {p.p} hung [{replay}]"
         if p.error is not None:
-            raise AssertionError(f"producer {p.p} failed with a non-retryable error: {p.error!r}\n{server.log()[-3000:]}")
-        assert len(p.acked) > before[p.p], f"producer {p.p} got nothing acknowledged after the last restart"
-    assert rc == 0, f"SIGTERM exit code {rc}\n{server.log()[-3000:]}"
-    assert not observer.problems, "partial or foreign objects were visible in the lake:\n" + "\n".join(observer.problems[:20])
+            raise AssertionError(f"producer {p.p} failed with a non-retryable error: {p.error!r} [{replay}]\n{server.log()[-3000:]}")
+        assert len(p.acked) > before[p.p], f"producer {p.p} got nothing acknowledged after the last restart [{replay}]"
+    assert rc == 0, f"SIGTERM exit code {rc} [{replay}]\n{server.log()[-3000:]}"
+    assert not observer.problems, f"partial or foreign objects were visible in the lake [{replay}]:\n" + "\n".join(observer.problems[:20])
     assert observer.reads > 0
     return observer
 
@@ -327,21 +388,29 @@ def check_ack_order(objects, producers):
 def test_sigkill_under_load_loses_and_duplicates_nothing(make_server):
     """Four producers (three PutRecordBatch, one PutRecord) write while hydrant
     is SIGKILLed five times at random moments (some while an object is being
-    written, one while it is shutting down on SIGTERM) and restarted on the same data dir and port, then stopped with
-    SIGTERM under load (exit 0). Every acknowledged record is in the lake
-    exactly once, no record appears twice, every object is whole, no temporary
-    file is ever visible in the lake, records sit in acknowledgement order, and
-    a clean restart afterwards delivers nothing again."""
+    written, one while it is shutting down on SIGTERM) and restarted on the
+    same data dir and port, then stopped with SIGTERM under load (exit 0).
+    Every acknowledged record is in the lake exactly once, no record appears
+    twice, every object is whole, no temporary file is ever visible in the
+    lake, records sit in acknowledgement order, and a clean restart afterwards
+    delivers nothing again.
+
+    HYDRANT_SOAK_KILLS / HYDRANT_SOAK_PRODUCERS change the five kills and four
+    producers (the last producer uses PutRecord, the others PutRecordBatch);
+    the load scales with the kills: more than 2,000 acknowledged records per
+    kill."""
+    assert KILLS >= 1 and PRODUCERS >= 2, f"HYDRANT_SOAK_KILLS={KILLS} must be >= 1 and HYDRANT_SOAK_PRODUCERS={PRODUCERS} >= 2"
     server = make_server(config=config_text())
-    producers = [Producer(server, p, batch=100, pad=400, compressible=False) for p in range(3)]
-    producers.append(Producer(server, 3, batch=1, pad=100, compressible=False))
-    chaos(server, producers, kills=5, kill_when=writing_an_object, targeted=lambda k: k % 2 == 1)
+    producers = [Producer(server, p, batch=100, pad=400, compressible=False) for p in range(PRODUCERS - 1)]
+    producers.append(Producer(server, PRODUCERS - 1, batch=1, pad=100, compressible=False))
+    load = ACKED_PER_KILL * KILLS
+    chaos(server, producers, kills=KILLS, kill_when=writing_an_object, targeted=lambda k: k % 2 == 1, acked_over=load)
     objects, counts = collect(server, producers)
 
     acked = sum(len(p.acked) for p in producers)
-    assert acked > 10_000, f"only {acked} records acknowledged: the load was too light to test anything"
+    assert acked > load, f"only {acked} records acknowledged: the load was too light to test anything"
     assert sum(p.failed_calls for p in producers) > 0, "no call ever failed: the kills missed the traffic"
-    assert len(objects) >= 6
+    assert len(objects) >= KILLS + 1
     # Buffering still holds across crashes: no object is larger than the size hint plus one record.
     biggest_record = max(len(json.dumps(r, separators=(",", ":"))) + 1 for _, recs, _ in objects for r in recs)
     for key, _, size in objects:
@@ -350,7 +419,7 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(make_server):
 
     # A clean restart afterwards delivers nothing a second time.
     before = snapshot(server)
-    server.start()
+    server.start(timeout=RESTART_TIMEOUT)
     time.sleep(1.5)
     assert server.stop(signal.SIGTERM) == 0
     assert snapshot(server) == before, "objects changed or appeared after a clean restart"
@@ -363,7 +432,7 @@ def test_sigkill_mid_delivery_leaves_whole_gzip_objects(make_server):
     acknowledged one exactly once, none twice."""
     server = make_server(config=config_text("GZIP"))
     producers = [Producer(server, p, batch=200, pad=2000, compressible=True) for p in range(2)]
-    chaos(server, producers, kills=3, kill_when=writing_an_object)
+    chaos(server, producers, kills=3, kill_when=writing_an_object, acked_over=2_000)
 
     gz = server.objects(BUCKET)
     assert gz, "nothing was delivered"
