@@ -36,13 +36,16 @@
 //!
 //! # Recovery
 //!
-//! On open, the last segment is scanned frame by frame. The first frame that
-//! is short or fails its checksum marks a torn tail (a write the process or
-//! the machine did not finish): the file is truncated there. No record in a
-//! torn tail was acknowledged, because acknowledgement waits for the fsync
-//! that covers it. Earlier segments were synced before the roll and are not
-//! scanned; a checksum failure found in them later when reading is reported
-//! as corruption and stops delivery, because skipping it would lose data.
+//! On open, every segment is checked frame by frame (see `recover`). Damage
+//! with nothing intact after it at the end of the last segment is a torn
+//! tail (a write the process or the machine did not finish) and is cut off:
+//! no record in it was acknowledged, because acknowledgement waits for the
+//! fsync that covers it. Damage followed by intact frames, or anywhere in a
+//! sealed segment, is corruption: the damaged bytes are moved aside, a hole
+//! frame keeps the lost records' offsets, every intact record is kept, and
+//! the loss is reported. A checksum failure found later while reading (the
+//! disk damaged a record after start) stops delivery and is reported; the
+//! next start repairs it.
 //!
 //! # Removal
 //!
@@ -68,8 +71,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod recover;
+pub use recover::Loss;
+
 /// Bytes before a record's data: len, crc, arrival time.
 pub const FRAME_HEADER: usize = 16;
+
+/// The longest frame data read back; anything longer is damage.
+const MAX_FRAME_BYTES: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -189,6 +198,8 @@ struct Shared {
     delivered: AtomicU64,
     /// Delivery and the writer both remove segments; one at a time.
     removal: std::sync::Mutex<()>,
+    /// Records that damage on disk destroyed, as found when the log opened.
+    losses: std::sync::Mutex<Vec<Loss>>,
 }
 
 impl Shared {
@@ -205,6 +216,7 @@ impl Shared {
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
             self.bytes_on_disk.fetch_sub(len, Ordering::Relaxed);
+            self.losses.lock().unwrap().retain(|l| l.segment != path);
             removed = true;
         }
         if removed {
@@ -245,12 +257,20 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What [`read_frame`] found.
+enum Slot {
+    /// A record: its arrival time (its data is in the buffer).
+    Record(i64),
+    /// A hole: this many offsets whose records were lost.
+    Hole(u64),
+}
+
 /// Reads frames from a segment. Returns `Ok(None)` at a clean end of file and
 /// `Err(reason)` at a short or corrupt frame.
 fn read_frame(
     r: &mut impl Read,
     data: &mut Vec<u8>,
-) -> io::Result<Result<Option<i64>, &'static str>> {
+) -> io::Result<Result<Option<Slot>, &'static str>> {
     let mut header = [0u8; FRAME_HEADER];
     let mut got = 0;
     while got < FRAME_HEADER {
@@ -263,7 +283,13 @@ fn read_frame(
     let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
     let arrival = i64::from_le_bytes(header[8..16].try_into().unwrap());
-    if len > 64 << 20 {
+    if len as u32 & recover::HOLE != 0 {
+        return Ok(match recover::frame_at(&header, 0, 0) {
+            Some((recover::Frame::Hole(n), _)) => Ok(Some(Slot::Hole(n))),
+            _ => Err("checksum mismatch"),
+        });
+    }
+    if len > MAX_FRAME_BYTES {
         return Ok(Err("frame length out of range"));
     }
     data.resize(len, 0);
@@ -278,7 +304,7 @@ fn read_frame(
     if actual != crc {
         return Ok(Err("checksum mismatch"));
     }
-    Ok(Ok(Some(arrival)))
+    Ok(Ok(Some(Slot::Record(arrival))))
 }
 
 impl Log {
@@ -295,6 +321,18 @@ impl Log {
             sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
             bases.push(first_offset);
         }
+        let mut losses = Vec::new();
+        let mut last = None;
+        for (i, &b) in bases.iter().enumerate() {
+            let mut r = recover::segment(dir, b, bases.get(i + 1).copied())?;
+            losses.append(&mut r.losses);
+            last = Some(r);
+        }
+        let recover::Recovered {
+            count,
+            len: valid_len,
+            ..
+        } = last.expect("there is a segment");
         let base = *bases.last().unwrap();
         let path = dir.join(segment_name(base));
         let mut file = OpenOptions::new()
@@ -302,19 +340,6 @@ impl Log {
             .write(true)
             .open(&path)
             .map_err(|e| LogError::io(&path, e))?;
-        let (count, valid_len) = scan(&mut file, &path)?;
-        let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
-        if valid_len < file_len {
-            tracing::warn!(
-                segment = %path.display(),
-                kept = valid_len,
-                cut = file_len - valid_len,
-                "truncating a torn log tail (records that were never acknowledged)"
-            );
-            file.set_len(valid_len)
-                .map_err(|e| LogError::io(&path, e))?;
-            file.sync_all().map_err(|e| LogError::io(&path, e))?;
-        }
         file.seek(SeekFrom::Start(valid_len))
             .map_err(|e| LogError::io(&path, e))?;
         let mut on_disk = 0;
@@ -330,6 +355,7 @@ impl Log {
             fsync: Default::default(),
             delivered: AtomicU64::new(first_offset),
             removal: Default::default(),
+            losses: std::sync::Mutex::new(losses),
         });
         let (tail_tx, tail) = watch::channel(Tail { next_offset });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -382,6 +408,11 @@ impl Log {
         &self.shared.fsync
     }
 
+    /// Records that damage on disk destroyed, while their segments exist.
+    pub fn losses(&self) -> Vec<Loss> {
+        self.shared.losses.lock().unwrap().clone()
+    }
+
     /// The offset of the oldest record still on disk.
     pub fn first_offset(&self) -> Result<u64, LogError> {
         let bases = segments(&self.shared.dir)?;
@@ -404,19 +435,6 @@ impl Log {
     }
 }
 
-/// Counts the valid frames of a segment and the length they cover.
-fn scan(file: &mut File, path: &Path) -> Result<(u64, u64), LogError> {
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| LogError::io(path, e))?;
-    let mut r = BufReader::with_capacity(1 << 20, &mut *file);
-    let mut data = Vec::new();
-    let (mut count, mut len) = (0, 0);
-    while let Ok(Some(_)) = read_frame(&mut r, &mut data).map_err(|e| LogError::io(path, e))? {
-        count += 1;
-        len += (FRAME_HEADER + data.len()) as u64;
-    }
-    Ok((count, len))
-}
 
 struct Writer {
     shared: Arc<Shared>,
@@ -569,11 +587,13 @@ impl LogReader {
             });
         };
         r.open_segment(base)?;
-        // Skip forward inside the segment to the requested offset.
+        // Skip forward inside the segment to the requested offset (or past
+        // the hole that holds it).
         let mut at = base;
         while at < offset {
             match r.frame()? {
-                Some(_) => at += 1,
+                Some(Slot::Record(_)) => at += 1,
+                Some(Slot::Hole(n)) => at += n,
                 None => {
                     return Err(LogError::Corrupt {
                         file: dir.join(segment_name(base)),
@@ -593,7 +613,7 @@ impl LogReader {
     }
 
     /// The next frame of the current segment, if any, into `self.data`.
-    fn frame(&mut self) -> Result<Option<i64>, LogError> {
+    fn frame(&mut self) -> Result<Option<Slot>, LogError> {
         let (path, r) = self.current.as_mut().expect("a segment is open");
         match read_frame(r, &mut self.data).map_err(|e| LogError::io(path, e))? {
             Ok(x) => Ok(x),
@@ -610,12 +630,31 @@ impl LogReader {
     }
 
     /// Reads the next record if its offset is below `end` (the durable tail).
+    /// Offsets in a hole are skipped: their records are lost.
     pub fn next_below(&mut self, end: u64) -> Result<Option<Entry<'_>>, LogError> {
-        if self.next >= end {
-            return Ok(None);
+        loop {
+            if self.next >= end {
+                return Ok(None);
+            }
+            match self.next_frame()? {
+                Slot::Hole(n) => self.next += n,
+                Slot::Record(arrival) => {
+                    let offset = self.next;
+                    self.next += 1;
+                    return Ok(Some(Entry {
+                        offset,
+                        arrival_ms: arrival,
+                        data: &self.data,
+                    }));
+                }
+            }
         }
-        let arrival = match self.frame()? {
-            Some(a) => a,
+    }
+
+    /// The frame at `self.next`, from this segment or the next.
+    fn next_frame(&mut self) -> Result<Slot, LogError> {
+        match self.frame()? {
+            Some(f) => Ok(f),
             None => {
                 // End of this segment: the record lives in the next one.
                 let path = self.dir.join(segment_name(self.next));
@@ -627,26 +666,14 @@ impl LogReader {
                 }
                 self.open_segment(self.next)?;
                 match self.frame()? {
-                    Some(a) => a,
-                    None => {
-                        return Err(LogError::Corrupt {
-                            file: path,
-                            what: format!(
-                                "offset {} is durable but its segment is empty",
-                                self.next
-                            ),
-                        })
-                    }
+                    Some(f) => Ok(f),
+                    None => Err(LogError::Corrupt {
+                        file: path,
+                        what: format!("offset {} is durable but its segment is empty", self.next),
+                    }),
                 }
             }
-        };
-        let offset = self.next;
-        self.next += 1;
-        Ok(Some(Entry {
-            offset,
-            arrival_ms: arrival,
-            data: &self.data,
-        }))
+        }
     }
 }
 
@@ -730,6 +757,72 @@ mod tests {
         fs::write(&seg, bytes).unwrap();
         let log = Log::open(&dir, 0, opts()).unwrap();
         assert_eq!(read_all(&log, 0), vec![(0, "keep".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn damage_before_intact_records_is_corruption_not_a_torn_tail() {
+        let dir = tempdir();
+        let records: Vec<String> = (0..10).map(|i| format!("record-{i}")).collect();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            let refs: Vec<&str> = records.iter().map(|s| s.as_str()).collect();
+            log.append(frames(&refs)).await.unwrap();
+        }
+        // One byte of record 4's data flipped: records 5..10 are intact.
+        let seg = dir.join(segment_name(0));
+        let mut bytes = fs::read(&seg).unwrap();
+        let frame = FRAME_HEADER + "record-0".len();
+        bytes[4 * frame + FRAME_HEADER + 2] ^= 0x40;
+        fs::write(&seg, &bytes).unwrap();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        let got = read_all(&log, 0);
+        let want: Vec<(u64, String)> = records
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 4)
+            .map(|(i, r)| (i as u64, r.clone()))
+            .collect();
+        assert_eq!(got, want, "every intact record keeps its offset");
+        assert_eq!(log.tail().borrow().next_offset, 10);
+        let losses = log.losses();
+        assert_eq!(losses.len(), 1, "{losses:?}");
+        assert_eq!((losses[0].first_offset, losses[0].records, losses[0].exact), (4, 1, true));
+        let q = losses[0].quarantine.clone().unwrap();
+        assert_eq!(fs::read(&q).unwrap().len(), frame, "the damaged frame is kept aside");
+        // Reading from inside the hole starts after it; appends go on.
+        assert_eq!(read_all(&log, 4).first().map(|e| e.0), Some(5));
+        assert_eq!(log.append(frames(&["next"])).await.unwrap(), 10);
+        drop(log);
+        // The repair is done once: the next open finds the hole, not damage.
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(read_all(&log, 0).len(), 10);
+        assert_eq!(log.losses()[0].quarantine, None);
+    }
+
+    #[tokio::test]
+    async fn damage_in_a_sealed_segment_keeps_its_neighbours() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            for i in 0..100u64 {
+                log.append(frames(&[&format!("record-{i:03}-{}", "x".repeat(40))]))
+                    .await
+                    .unwrap();
+            }
+        }
+        let bases = segments(&dir).unwrap();
+        assert!(bases.len() > 2);
+        // Damage the length field of the first frame of the second segment.
+        let seg = dir.join(segment_name(bases[1]));
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[1] ^= 0x10;
+        fs::write(&seg, &bytes).unwrap();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        let got: Vec<u64> = read_all(&log, 0).into_iter().map(|(o, _)| o).collect();
+        let want: Vec<u64> = (0..100).filter(|o| *o != bases[1]).collect();
+        assert_eq!(got, want);
+        let losses = log.losses();
+        assert_eq!((losses[0].first_offset, losses[0].records, losses[0].exact), (bases[1], 1, true));
     }
 
     #[tokio::test]
