@@ -1,6 +1,8 @@
 //! A small Firehose client over AWS JSON 1.1, for the generator and the
-//! bench. It speaks to any Firehose-compatible endpoint that takes unsigned
-//! requests (hydrant does); it does not sign requests.
+//! bench. With AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the
+//! environment it signs requests with SigV4 (region from AWS_REGION or
+//! AWS_DEFAULT_REGION, else us-east-1), as a hydrant with keys requires;
+//! without, it sends them unsigned.
 
 use std::fmt::Write;
 
@@ -11,6 +13,67 @@ use serde_json::Value;
 pub struct Firehose {
     http: reqwest::Client,
     url: String,
+    credentials: Option<Credentials>,
+}
+
+/// An access key to sign with, from the environment as the AWS CLI reads it.
+#[derive(Clone)]
+pub struct Credentials {
+    pub key_id: String,
+    pub secret: String,
+    pub region: String,
+}
+
+impl Credentials {
+    pub fn from_env() -> Option<Credentials> {
+        let key_id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok()?;
+        let region = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|_| "us-east-1".into());
+        Some(Credentials {
+            key_id,
+            secret,
+            region,
+        })
+    }
+
+    /// The signed headers for a request to `url` with `headers` and `body`.
+    pub fn sign(
+        &self,
+        service: &str,
+        method: &axum::http::Method,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> Vec<(String, String)> {
+        let parsed: reqwest::Url = url.parse().expect("a valid URL");
+        let host = match parsed.port() {
+            Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or("")),
+            None => parsed.host_str().unwrap_or("").to_string(),
+        };
+        let path_and_query = match parsed.query() {
+            Some(q) => format!("{}?{q}", parsed.path()),
+            None => parsed.path().to_string(),
+        };
+        let uri: axum::http::Uri = path_and_query.parse().expect("a valid path");
+        let mut headers = headers;
+        headers.push(("host".into(), host));
+        crate::api::auth::sign(
+            &self.key_id,
+            &self.secret,
+            &self.region,
+            service,
+            method,
+            &uri,
+            headers,
+            body,
+            chrono::Utc::now(),
+        )
+        .into_iter()
+        .filter(|(k, _)| k != "host")
+        .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +133,7 @@ impl Firehose {
                 .build()
                 .expect("an HTTP client"),
             url: endpoint.trim_end_matches('/').to_string() + "/",
+            credentials: Credentials::from_env(),
         }
     }
 
@@ -77,13 +141,21 @@ impl Firehose {
     pub async fn call(
         &self,
         op: &str,
-        body: impl Into<reqwest::Body>,
+        body: impl Into<bytes::Bytes>,
     ) -> Result<Value, ClientError> {
-        let resp = self
-            .http
-            .post(&self.url)
-            .header("x-amz-target", format!("Firehose_20150804.{op}"))
-            .header("content-type", "application/x-amz-json-1.1")
+        let body: bytes::Bytes = body.into();
+        let mut headers = vec![
+            ("x-amz-target".to_string(), format!("Firehose_20150804.{op}")),
+            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+        ];
+        if let Some(c) = &self.credentials {
+            headers = c.sign("firehose", &axum::http::Method::POST, &self.url, headers, &body);
+        }
+        let mut request = self.http.post(&self.url);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let resp = request
             .body(body)
             .send()
             .await
@@ -120,7 +192,7 @@ impl Firehose {
     /// PutRecordBatch; returns the indices of the records that failed.
     pub async fn put_batch_body(
         &self,
-        body: impl Into<reqwest::Body>,
+        body: impl Into<bytes::Bytes>,
     ) -> Result<Vec<usize>, ClientError> {
         let v = self.call("PutRecordBatch", body).await?;
         let failed = v["FailedPutCount"].as_u64().unwrap_or(0);

@@ -64,6 +64,96 @@ pub struct Config {
     /// them. Each entry is documented in `src/analytics/mod.rs`.
     #[serde(default)]
     pub aggregates: std::collections::BTreeMap<String, Vec<crate::analytics::AggregateConfig>>,
+    /// Limits of the HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Limits of SQL over the lake (`POST /-/query`, `hydrant query`).
+    #[serde(default)]
+    pub query: QueryConfig,
+    /// Who may call hydrant: access keys (AWS SigV4), the metrics token.
+    #[serde(default)]
+    pub auth: crate::api::auth::AuthConfig,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+    /// The file this was read from, for messages that name it.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// HTTPS: a certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate, followed by any intermediates.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The HTTP server's limits: what one client may hold, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers, counted from the
+    /// moment hydrant waits for them: when the connection opens, or when
+    /// the previous response on it was sent. So it is also how long an idle
+    /// keep-alive connection is kept. The connection is closed past it.
+    pub header_timeout_seconds: u64,
+    /// Time a client has to send a request's whole body once its headers
+    /// are in; past it the request gets 408 and the connection is closed.
+    pub body_timeout_seconds: u64,
+    /// Most connections open at once. A connection past it is answered 503
+    /// (ServiceUnavailableException, which SDKs retry) and closed.
+    pub max_connections: usize,
+    /// Most bytes of request bodies over 64 KiB being read at once, across
+    /// all connections. A request whose body does not fit (by its
+    /// Content-Length, or the largest body for a chunked one) is answered 503
+    /// without being read. Smaller bodies are bounded by `max_connections`.
+    pub max_buffered_body_mb: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_seconds: 20,
+            body_timeout_seconds: 60,
+            max_connections: 512,
+            max_buffered_body_mb: 256,
+        }
+    }
+}
+
+/// SQL's limits. A query runs on threads of its own at a lower CPU priority
+/// than ingest, so that a heavy query slows only itself; past any limit it
+/// fails with an error that names the limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Threads that run queries (planning and execution), apart from those
+    /// that serve puts and fsyncs. Default 1.
+    pub threads: usize,
+    /// Memory all running queries may hold for sorts, joins and
+    /// aggregations; past it such operators spill to disk where DataFusion
+    /// can, else the query fails. Default 1024.
+    pub memory_mb: usize,
+    /// Longest a query may run. Default 60.
+    pub timeout_seconds: u64,
+    /// Most rows a result may have. Default 100000.
+    pub max_result_rows: usize,
+    /// Most bytes a result may hold in memory. Default 64.
+    pub max_result_mb: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            threads: 1,
+            memory_mb: 1024,
+            timeout_seconds: 60,
+            max_result_rows: 100_000,
+            max_result_mb: 64,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +210,12 @@ pub enum ConfigError {
     Read { file: PathBuf, err: std::io::Error },
     #[error("config file {file}: {err}")]
     Parse { file: PathBuf, err: String },
+    #[error("config file {file}: {key}: {err}")]
+    Key {
+        file: PathBuf,
+        key: String,
+        err: String,
+    },
     #[error("config file {file}: delivery_streams[{index}] ({name}): {err}")]
     Stream {
         file: PathBuf,
@@ -139,10 +235,64 @@ impl Config {
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.into(),
             err: e.to_string(),
         })?;
+        config.file = Some(file.into());
+        let key = |key: String, err: String| ConfigError::Key {
+            file: file.into(),
+            key,
+            err,
+        };
+        if let Some(listen) = &config.listen {
+            listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                key(
+                    "listen".into(),
+                    format!("{listen:?} is not an address like 127.0.0.1:4577"),
+                )
+            })?;
+        }
+        let h = &config.http;
+        for (name, v) in [
+            ("http.header_timeout_seconds", h.header_timeout_seconds as usize),
+            ("http.body_timeout_seconds", h.body_timeout_seconds as usize),
+            ("http.max_connections", h.max_connections),
+            ("http.max_buffered_body_mb", h.max_buffered_body_mb),
+            ("query.threads", config.query.threads),
+            ("query.memory_mb", config.query.memory_mb),
+            ("query.timeout_seconds", config.query.timeout_seconds as usize),
+            ("query.max_result_rows", config.query.max_result_rows),
+            ("query.max_result_mb", config.query.max_result_mb),
+        ] {
+            if v == 0 {
+                return Err(key(name.into(), "must be at least 1".into()));
+            }
+        }
+        if h.max_buffered_body_mb < crate::api::MAX_BODY_BYTES >> 20 {
+            return Err(key(
+                "http.max_buffered_body_mb".into(),
+                format!(
+                    "must be at least {} (one request's largest body)",
+                    crate::api::MAX_BODY_BYTES >> 20
+                ),
+            ));
+        }
+        // Types are checked when declared, not when a stream first uses them.
+        for (name, table) in &config.glue_tables {
+            table
+                .validate()
+                .map_err(|e| key(format!("glue_tables.{name}"), e))?;
+        }
+        crate::api::auth::Auth::new(&config.auth, config.tls.is_some())
+            .map_err(|e| key("auth".into(), e))?;
+        if let Some(tls) = &config.tls {
+            crate::server::tls_acceptor(tls).map_err(|e| key("tls".into(), e))?;
+        }
+        for (stream, list) in &config.aggregates {
+            crate::analytics::validate_all(list)
+                .map_err(|e| key(format!("aggregates.{stream}"), e.to_string()))?;
+        }
         if config.delivery.max_active_partitions == 0 {
             return Err(ConfigError::Parse {
                 file: file.into(),
@@ -156,7 +306,17 @@ impl Config {
             });
         }
         // Validate each stream now, so a mistake names the file and the entry.
+        let mut names = std::collections::BTreeMap::new();
         for (index, s) in config.delivery_streams.iter().enumerate() {
+            let name = s["DeliveryStreamName"].as_str().unwrap_or("?");
+            if let Some(first) = names.insert(name, index) {
+                return Err(ConfigError::Stream {
+                    file: file.into(),
+                    index,
+                    name: name.to_string(),
+                    err: format!("delivery stream {name} is declared twice (also delivery_streams[{first}])"),
+                });
+            }
             if let Err(e) = crate::spec::parse(s, &config.glue_tables) {
                 return Err(ConfigError::Stream {
                     file: file.into(),
@@ -195,6 +355,30 @@ mod tests {
         ("lisen: x", "unknown field `lisen`"),
         ("log: {segment_mb: 0}", "segment_mb"),
         ("log: {segmnt_mb: 1}", "unknown field `segmnt_mb`"),
+        ("listen: not-an-addr", "listen: \"not-an-addr\" is not an address"),
+        ("http: {max_connections: 0}", "http.max_connections: must be at least 1"),
+        ("query: {timeout_seconds: 0}", "query.timeout_seconds: must be at least 1"),
+        ("query: {nope: 1}", "unknown field `nope`"),
+        (
+            "glue_tables: {db.t: {columns: [{Name: amount, Type: 'decimal(99,99)'}]}}",
+            "glue_tables.db.t: column `amount`: decimal(99,99)",
+        ),
+        (
+            "glue_tables: {db.t: {columns: [{Name: a, Type: 'int'}], infer_from_data: true}}",
+            "glue_tables.db.t: ",
+        ),
+        (
+            "aggregates: {s: [{name: 'bad name', window: {type: tumbling, size_seconds: 60}, measures: [{name: n, op: count}]}]}",
+            "aggregates.s: ",
+        ),
+        (
+            "delivery_streams: [{DeliveryStreamName: s, ExtendedS3DestinationConfiguration: {RoleARN: r, BucketARN: 'arn:aws:s3:::bkt'}}, {DeliveryStreamName: s, ExtendedS3DestinationConfiguration: {RoleARN: r, BucketARN: 'arn:aws:s3:::bkt'}}]",
+            "delivery_streams[1] (s): delivery stream s is declared twice",
+        ),
+        (
+            "delivery_streams: [{DeliveryStreamName: s, ExtendedS3DestinationConfiguration: {RoleARN: r, BucketARN: 'arn:aws:s3:::bkt', Prefix: \"!{timestamp:'..'}/x/\", ErrorOutputPrefix: 'e/!{firehose:error-output-type}/'}}]",
+            "delivery_streams[0] (s): InvalidArgumentException: ExtendedS3DestinationConfiguration.Prefix: evaluates to",
+        ),
         (
             "delivery_streams: [{DeliveryStreamName: s, ExtendedS3DestinationConfiguration: {RoleARN: r, BucketARN: 'arn:aws:s3:::bkt', CompressionFormat: ZIP}}]",
             "delivery_streams[0] (s): InvalidArgumentException",

@@ -34,6 +34,12 @@ enum Command {
         /// YAML config file (see the README's config reference).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve on an address other than loopback although requests are not
+        /// authenticated: anyone who can reach the port can then create and
+        /// delete streams, put records and read the lake. Without this flag,
+        /// such a --listen is refused.
+        #[arg(long)]
+        allow_unauthenticated_network: bool,
     },
     /// Start hydrant with the tutorial's stream and a producer sending to it.
     Demo {
@@ -69,6 +75,7 @@ enum Command {
     },
     /// Run SQL over the lake of a running hydrant: every delivery stream is a
     /// table (quote names with '-', or use '_' for them: my_event_staging).
+    /// Signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when they are set.
     Query {
         /// The SQL, e.g. "SELECT event_name, count(*) FROM my_event_staging GROUP BY 1".
         sql: String,
@@ -128,9 +135,16 @@ async fn query(sql: String, endpoint: String, format: QueryFormat) -> anyhow::Re
         QueryFormat::Csv => "csv",
     };
     let url = format!("{}/-/query?format={format}", endpoint.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "text/plain")
+    let mut headers = vec![("content-type".to_string(), "text/plain".to_string())];
+    // A hydrant with access keys takes queries signed by one (service `hydrant`).
+    if let Some(c) = hydrant::client::Credentials::from_env() {
+        headers = c.sign("hydrant", &axum::http::Method::POST, &url, headers, sql.as_bytes());
+    }
+    let mut request = reqwest::Client::new().post(&url);
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    let resp = request
         .body(sql)
         .send()
         .await
@@ -160,19 +174,37 @@ fn init_tracing() {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(async move {
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        // Exit at once: tearing the runtime down under threads that may
+        // still use it (a stream's delivery, when start-up failed half way)
+        // would bury the real error under theirs.
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    {
         match cli.command {
             Command::Serve {
                 listen,
                 data_dir,
                 config,
-            } => serve(listen, data_dir, config).await,
+                allow_unauthenticated_network,
+            } => serve(listen, data_dir, config, allow_unauthenticated_network).await,
             Command::Query {
                 sql,
                 endpoint,
@@ -231,18 +263,23 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
         }
-    })
+    }
 }
 
 async fn serve(
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
+    allow_unauthenticated_network: bool,
 ) -> anyhow::Result<()> {
     let config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
     };
+    if let Some(l) = &listen {
+        l.parse::<std::net::SocketAddr>()
+            .map_err(|_| anyhow::anyhow!("--listen {l:?} is not an address like 127.0.0.1:4577"))?;
+    }
     let listen = listen
         .or(config.listen.clone())
         .unwrap_or(DEFAULT_LISTEN.into());
@@ -254,6 +291,7 @@ async fn serve(
             listen,
             data_dir: data_dir.clone(),
             config,
+            allow_unauthenticated_network,
         },
         server::signal(),
     )
@@ -324,6 +362,7 @@ async fn demo(listen: String, data_dir: PathBuf, rate: u64, count: u64) -> anyho
             listen,
             data_dir: data_dir.clone(),
             config,
+            allow_unauthenticated_network: false,
         },
         async {
             let _ = stop_rx.await;

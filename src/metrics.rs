@@ -59,7 +59,7 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
     let mut out = String::new();
     let now = chrono::Utc::now().timestamp_millis();
     type Get = fn(&Stream, i64) -> f64;
-    let series: [(&str, &str, &str, Get); 10] = [
+    let series: [(&str, &str, &str, Get); 12] = [
         (
             "hydrant_records_in_total",
             "counter",
@@ -119,6 +119,18 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
             "gauge",
             "Bytes of write-ahead log on disk.",
             |s, _| s.log.bytes_on_disk() as f64,
+        ),
+        (
+            "hydrant_log_records_lost",
+            "gauge",
+            "Acknowledged records that damage on disk destroyed, in the log as it is.",
+            |s, _| s.log.losses().iter().map(|l| l.records).sum::<u64>() as f64,
+        ),
+        (
+            "hydrant_delivery_stopped",
+            "gauge",
+            "1 while the stream's delivery has stopped on an error (see /-/healthy).",
+            |s, _| s.delivery.problem().is_some_and(|p| p.stopped) as u8 as f64,
         ),
     ];
     for (name, kind, help, get) in series {

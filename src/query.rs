@@ -120,6 +120,202 @@ pub enum QueryError {
     /// The query task failed unexpectedly (a panic inside the engine).
     #[error("query failed: {0}")]
     Internal(String),
+    /// The query passed one of the limits; the message names it.
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// The longest SQL text taken, in bytes.
+pub const MAX_SQL_BYTES: usize = 64 << 10;
+
+/// How deep expressions and subqueries may nest in a statement. Planning and
+/// optimizing recurse once per level, so this is what keeps a query's
+/// planning within its thread's stack; real queries stay far below it.
+pub const MAX_SQL_DEPTH: usize = 128;
+
+/// A query thread's stack: room for [`MAX_SQL_DEPTH`] levels of planning
+/// with a wide margin.
+const QUERY_STACK_BYTES: usize = 64 << 20;
+
+/// How queries run: on a runtime of their own, at a lower CPU priority than
+/// ingest, sharing one memory pool, each within a time and a result bound
+/// (`query:` in the config file). A heavy query slows only itself.
+pub struct Limits {
+    runtime: QueryRuntime,
+    pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    memory_mb: usize,
+    timeout: std::time::Duration,
+    max_rows: usize,
+    max_bytes: usize,
+}
+
+/// The query runtime, shut down without waiting when hydrant stops (a
+/// runtime may not be dropped from async code, which is where this is).
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Limits {
+    pub fn start(c: &crate::config::QueryConfig) -> Result<Limits, QueryError> {
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(c.threads)
+            .max_blocking_threads(c.threads.max(2))
+            .thread_name("query")
+            .thread_stack_size(QUERY_STACK_BYTES)
+            .on_thread_start(|| {
+                // Nice 10: ingest's threads come first when both want a core.
+                // SAFETY: setpriority on the calling thread (tid), no memory involved.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
+            })
+            .enable_all()
+            .build()
+            .map_err(|e| QueryError::Internal(format!("starting the query threads: {e}")))?;
+        let bytes = c.memory_mb << 20;
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(bytes),
+            std::num::NonZeroUsize::new(3).expect("3 is not zero"),
+        );
+        Ok(Limits {
+            runtime: QueryRuntime(Some(runtime)),
+            pool: Arc::new(pool),
+            memory_mb: c.memory_mb,
+            timeout: std::time::Duration::from_secs(c.timeout_seconds),
+            max_rows: c.max_result_rows,
+            max_bytes: c.max_result_mb << 20,
+        })
+    }
+
+    /// Runs one read-only query over `tables` on the query threads, within
+    /// every limit.
+    pub async fn run(&self, tables: Vec<TableDef>, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        if sql.len() > MAX_SQL_BYTES {
+            return Err(QueryError::Limit(format!(
+                "the query is {} bytes long; at most {MAX_SQL_BYTES} (64 KiB) are taken",
+                sql.len()
+            )));
+        }
+        let handle = self
+            .runtime
+            .0
+            .as_ref()
+            .expect("the query runtime lives as long as its limits")
+            .handle();
+        let pool = self.pool.clone();
+        let (max_rows, max_bytes, memory_mb) = (self.max_rows, self.max_bytes, self.memory_mb);
+        let sql = sql.to_string();
+        let task = AbortOnDrop(handle.spawn(async move {
+            let lake = Lake::build(tables, Some(pool)).await?;
+            lake.run(&sql, max_rows, max_bytes).await
+        }));
+        let timeout = self.timeout;
+        let result = match tokio::time::timeout(timeout, task).await {
+            Ok(joined) => joined.map_err(|e| QueryError::Internal(e.to_string()))?,
+            Err(_) => {
+                return Err(QueryError::Limit(format!(
+                    "the query ran longer than {} s (query.timeout_seconds) and was stopped",
+                    timeout.as_secs()
+                )))
+            }
+        };
+        result.map_err(|e| match e {
+            QueryError::DataFusion(d)
+                if matches!(d.find_root(), DataFusionError::ResourcesExhausted(_)) =>
+            {
+                QueryError::Limit(format!(
+                    "the query needs more memory than the {memory_mb} MiB queries may use \
+                     (query.memory_mb): {d}"
+                ))
+            }
+            e => e,
+        })
+    }
+}
+
+/// Finds how deep expressions and queries nest, stopping past the bound.
+#[derive(Default)]
+struct Depth {
+    now: usize,
+    max: usize,
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Depth {
+    type Break = ();
+
+    fn pre_visit_expr(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_expr(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        self.now -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_query(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<()> {
+        self.now -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+impl Depth {
+    fn enter(&mut self) -> std::ops::ControlFlow<()> {
+        self.now += 1;
+        self.max = self.max.max(self.now);
+        if self.now > MAX_SQL_DEPTH {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+
+    /// Checks a parsed statement against [`MAX_SQL_DEPTH`].
+    fn check(statement: &datafusion::sql::parser::Statement) -> Result<(), QueryError> {
+        use datafusion::sql::parser::{CopyToSource, Statement};
+        use datafusion::sql::sqlparser::ast::Visit;
+        let mut d = Depth::default();
+        let _ = match statement {
+            Statement::Statement(s) => s.visit(&mut d),
+            Statement::Explain(e) => return Depth::check(&e.statement),
+            Statement::CopyTo(c) => match &c.source {
+                CopyToSource::Query(q) => q.visit(&mut d),
+                CopyToSource::Relation(_) => std::ops::ControlFlow::Continue(()),
+            },
+            Statement::CreateExternalTable(_) | Statement::Reset(_) => {
+                std::ops::ControlFlow::Continue(())
+            }
+        };
+        if d.max > MAX_SQL_DEPTH {
+            return Err(QueryError::Limit(format!(
+                "the query's expressions are nested deeper than {MAX_SQL_DEPTH} levels; \
+                 write long chains of AND, OR, + or || as IN lists or in steps"
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub struct Lake {
@@ -128,6 +324,13 @@ pub struct Lake {
 
 impl Lake {
     pub async fn new(tables: Vec<TableDef>) -> Result<Lake, QueryError> {
+        Lake::build(tables, None).await
+    }
+
+    async fn build(
+        tables: Vec<TableDef>,
+        pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
+    ) -> Result<Lake, QueryError> {
         for (i, t) in tables.iter().enumerate() {
             if t.name.is_empty() {
                 return Err(QueryError::Table("a table has an empty name".into()));
@@ -143,9 +346,11 @@ impl Lake {
         // seen by the next query. The Parquet footer cache stays: it is
         // checked against each file's size and modification time.
         let cache = CacheManagerConfig::default().with_list_files_cache_limit(0);
-        let runtime = RuntimeEnvBuilder::new()
-            .with_cache_manager(cache)
-            .build_arc()?;
+        let mut runtime = RuntimeEnvBuilder::new().with_cache_manager(cache);
+        if let Some(pool) = pool {
+            runtime = runtime.with_memory_pool(pool);
+        }
+        let runtime = runtime.build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(true)
             // Firehose's layout is YYYY/MM/DD/HH/: read subdirectories.
@@ -170,36 +375,88 @@ impl Lake {
     }
 
     /// Runs one read-only query. Always returns at least one batch (empty
-    /// when there are no rows) so the result's columns are known.
+    /// when there are no rows) so the result's columns are known. Without
+    /// [`Limits`]: for tests and tools that own the whole machine.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         let ctx = self.ctx.clone();
         let sql = sql.to_string();
+        // A task of its own, so that an engine panic becomes an error; it is
+        // aborted if the caller stops waiting.
+        let task = AbortOnDrop(tokio::spawn(async move {
+            Lake { ctx }.run(&sql, usize::MAX, usize::MAX).await
+        }));
+        task.await.map_err(|e| QueryError::Internal(e.to_string()))?
+    }
+
+    /// Parses, checks, plans and runs `sql`, collecting at most `max_rows`
+    /// rows and `max_bytes` bytes of result.
+    async fn run(&self, sql: &str, max_rows: usize, max_bytes: usize) -> Result<Vec<RecordBatch>, QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        // A task of its own, so that an engine panic becomes an error; it is
-        // aborted if the caller stops waiting.
-        let mut task = AbortOnDrop(tokio::spawn(async move {
-            let df = ctx.sql_with_options(&sql, options).await?;
-            let schema = df.schema().inner().clone();
-            let mut batches = df.collect().await?;
-            if batches.is_empty() {
-                batches.push(RecordBatch::new_empty(schema));
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        Depth::check(&statement)?;
+        let plan = state.statement_to_plan(statement).await?;
+        options.verify_plan(&plan)?;
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = df.schema().inner().clone();
+        let mut stream = df.execute_stream().await?;
+        let (mut batches, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            // What the rows hold, not the buffers they are slices of.
+            bytes += batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    c.to_data()
+                        .get_slice_memory_size()
+                        .unwrap_or_else(|_| c.get_array_memory_size())
+                })
+                .sum::<usize>();
+            if rows > max_rows {
+                return Err(QueryError::Limit(format!(
+                    "the result has more than {max_rows} rows (query.max_result_rows); \
+                     add a LIMIT or aggregate"
+                )));
             }
-            Ok::<_, QueryError>(batches)
-        }));
-        (&mut task.0)
-            .await
-            .map_err(|e| QueryError::Internal(e.to_string()))?
+            if bytes > max_bytes {
+                return Err(QueryError::Limit(format!(
+                    "the result holds more than {} MiB (query.max_result_mb); \
+                     select fewer columns or rows",
+                    max_bytes >> 20
+                )));
+            }
+            batches.push(batch);
+        }
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        Ok(batches)
     }
 }
 
+/// A task that is aborted when whoever waits for it stops waiting.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 

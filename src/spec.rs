@@ -98,6 +98,26 @@ pub struct CatalogTable {
     pub infer_from_data: bool,
 }
 
+impl CatalogTable {
+    /// Checks the table as declared: one of columns or inference, and every
+    /// column's type (its syntax, its bounds, how deep it nests).
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.columns.is_empty(), self.infer_from_data) {
+            (true, false) => Err("give columns, or infer_from_data: true".into()),
+            (false, true) => Err("give columns or infer_from_data: true, not both".into()),
+            (true, true) => Ok(()),
+            (false, false) => {
+                let cols: Vec<(String, String)> = self
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.kind.clone()))
+                    .collect();
+                TableSchema::from_columns(&cols).map(|_| ())
+            }
+        }
+    }
+}
+
 /// What delivery needs to know about a stream, validated.
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
@@ -309,23 +329,6 @@ pub(crate) fn check_bucket(bucket: &str) -> bool {
         && !bucket.contains("..")
 }
 
-/// A prefix becomes a path below the bucket in the embedded lake, where
-/// `a//b`, `./` and `../` cannot mean what they mean to S3.
-fn check_key_path(what: &str, prefix: &str) -> Result<(), ApiError> {
-    if prefix.starts_with('/')
-        || prefix.contains("//")
-        || prefix.split('/').any(|seg| seg == "." || seg == "..")
-        || prefix.contains('\\')
-        || prefix.contains('\0')
-    {
-        return Err(ApiError::invalid_argument(format!(
-            "{what} {prefix:?}: keys in hydrant's lake are paths, so a prefix may not start with '/', \
-             contain '//', '\\', or a '.' or '..' segment"
-        )));
-    }
-    Ok(())
-}
-
 /// Parses and validates a CreateDeliveryStream request.
 pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError> {
     let req: CreateRequest = serde_json::from_value(request.clone())
@@ -416,7 +419,6 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
                     "{path}{what} is longer than 1024 characters"
                 )));
             }
-            check_key_path(what, p)?;
         }
     }
 

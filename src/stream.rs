@@ -67,7 +67,7 @@ pub struct Stream {
     pub delivery: Arc<DeliveryStats>,
     dir: PathBuf,
     /// `false` once the stream is closed to puts.
-    gate: tokio::sync::RwLock<bool>,
+    gate: Arc<tokio::sync::RwLock<bool>>,
     stop: watch::Sender<bool>,
     /// Resolves when delivery has finished after `stop`.
     finished: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Result<(), String>>>>,
@@ -96,19 +96,30 @@ impl Stream {
     }
 
     /// Appends records; returns the offset of the first once they are durable.
-    pub async fn put(&self, frames: Frames) -> Result<u64, PutError> {
-        let open = self.gate.read().await;
+    ///
+    /// The append runs to its end even if the caller stops waiting (a client
+    /// that hangs up mid-request): records that reach the log are delivered,
+    /// so they are counted too, and the gate stays held until they are in.
+    pub async fn put(self: &Arc<Self>, frames: Frames) -> Result<u64, PutError> {
+        let open = self.gate.clone().read_owned().await;
         if !*open {
             return Err(PutError::Closed);
         }
-        let (n, bytes) = (frames.count(), frames.bytes());
-        let first = self.log.append(frames).await.map_err(PutError::Log)?;
-        self.intake.records.fetch_add(n, Ordering::Relaxed);
-        self.intake.bytes.fetch_add(
-            (bytes - n as usize * crate::log::FRAME_HEADER) as u64,
-            Ordering::Relaxed,
-        );
-        Ok(first)
+        let stream = self.clone();
+        let append = tokio::spawn(async move {
+            let _open = open;
+            let (n, bytes) = (frames.count(), frames.bytes());
+            let first = stream.log.append(frames).await.map_err(PutError::Log)?;
+            stream.intake.records.fetch_add(n, Ordering::Relaxed);
+            stream.intake.bytes.fetch_add(
+                (bytes - n as usize * crate::log::FRAME_HEADER) as u64,
+                Ordering::Relaxed,
+            );
+            Ok(first)
+        });
+        append
+            .await
+            .unwrap_or_else(|_| Err(PutError::Log(LogError::Closed)))
     }
 
     /// Refuses new puts, waits for those in flight, delivers everything in
@@ -270,7 +281,13 @@ impl Registry {
     }
 
     fn start(&self, spec: StreamSpec, meta: Meta, dir: PathBuf) -> anyhow::Result<()> {
-        let committed = delivery::committed_offset(&dir)?;
+        // An unreadable delivery state stops this stream's delivery (which
+        // reports why), not hydrant: the log still opens from its segments
+        // and takes puts up to its bound.
+        let committed = delivery::committed_offset(&dir).unwrap_or_else(|e| {
+            tracing::error!(stream = %spec.name, error = %e, "the delivery state is unreadable; delivery will report it and stop");
+            0
+        });
         let log = Log::open(&dir.join("log"), committed, self.opts)?;
         let stats = Arc::new(DeliveryStats::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -293,7 +310,7 @@ impl Registry {
             intake: IntakeStats::default(),
             delivery: stats,
             dir,
-            gate: tokio::sync::RwLock::new(true),
+            gate: Arc::new(tokio::sync::RwLock::new(true)),
             stop,
             finished: std::sync::Mutex::new(Some(finished)),
             closed: std::sync::Mutex::new(None),
@@ -332,8 +349,27 @@ impl Registry {
         let name = spec.name.clone();
         let dir = self.data_dir.join("streams").join(&name);
         self.create_dir(&name, &meta)
-            .and_then(|_| self.start(spec, meta, dir))
-            .map_err(|e| ApiError::internal(format!("creating delivery stream {name}: {e:#}")))?;
+            .and_then(|_| {
+                self.start(spec, meta, dir.clone()).inspect_err(|_| {
+                    // Not started, so not created: a retry starts afresh.
+                    let _ = std::fs::remove_dir_all(&dir);
+                })
+            })
+            .map_err(|e| {
+                // A full disk is a condition to wait out, like a full log.
+                let full = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                        io.kind() == std::io::ErrorKind::StorageFull
+                            || io.raw_os_error() == Some(libc::ENOSPC)
+                    }) || matches!(c.downcast_ref::<LogError>(), Some(LogError::Io { err, .. }) if err.raw_os_error() == Some(libc::ENOSPC))
+                });
+                let message = format!("creating delivery stream {name}: {e:#}");
+                if full {
+                    ApiError::unavailable(format!("{message}; the disk is full: free space and retry"))
+                } else {
+                    ApiError::internal(message)
+                }
+            })?;
         Ok(self.get(&name).expect("just started"))
     }
 

@@ -585,3 +585,82 @@ async fn decimal_sums_are_exact() {
     )]));
     assert_eq!(schema.fields(), want.fields());
 }
+
+fn limits(edit: impl FnOnce(&mut hydrant::config::QueryConfig)) -> hydrant::query::Limits {
+    let mut c = hydrant::config::QueryConfig::default();
+    edit(&mut c);
+    hydrant::query::Limits::start(&c).unwrap()
+}
+
+/// Deeply nested SQL of every shape is refused with the limit's name, and
+/// never takes the process down (a stack overflow would abort the test).
+#[tokio::test]
+async fn deep_sql_is_refused_not_a_crash() {
+    let l = limits(|_| {});
+    let chain = |op: &str, n: usize, term: &str| vec![term; n].join(op);
+    let deep: Vec<(String, &str)> = vec![
+        (format!("select {}", chain("+", 2000, "1")), "nested deeper than 128"),
+        (format!("select 1 where {}", chain(" and ", 3000, "true")), "nested deeper than 128"),
+        (format!("select 1 where {}", chain(" or ", 3000, "false")), "nested deeper than 128"),
+        (format!("select {}", chain(" || ", 3000, "'a'")), "nested deeper than 128"),
+        (format!("select {}1{}", "abs(".repeat(3000), ")".repeat(3000)), ""),
+        (format!("select {}1{}", "(".repeat(5000), ")".repeat(5000)), ""),
+        (
+            format!("select {}1{}", "(select ".repeat(200), ")".repeat(200)),
+            "",
+        ),
+        (
+            format!("select {}1{}", "case when true then ".repeat(1000), " end".repeat(1000)),
+            "",
+        ),
+        ("select 1 -- ".to_string() + &"x".repeat(70 << 10), "64 KiB"),
+    ];
+    for (sql, want) in deep {
+        let err = l
+            .run(vec![], &sql)
+            .await
+            .expect_err(&sql[..60.min(sql.len())]);
+        assert!(err.to_string().contains(want), "{}: {err}", &sql[..60]);
+    }
+    // A query of ordinary depth still runs.
+    let ok = l.run(vec![], &format!("select {}", chain("+", 100, "1"))).await.unwrap();
+    assert_eq!(to_json(&ok)["rows"][0][0], json!(100));
+}
+
+#[tokio::test]
+async fn results_time_and_memory_are_bounded_with_the_limit_named() {
+    let l = limits(|c| c.max_result_rows = 1000);
+    let err = l
+        .run(vec![], "select * from unnest(range(100000))")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("query.max_result_rows"), "{err}");
+    assert!(l.run(vec![], "select * from unnest(range(1000))").await.is_ok());
+
+    let l = limits(|c| c.max_result_mb = 1);
+    let err = l
+        .run(vec![], "select repeat('x', 1000) from unnest(range(10000))")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("query.max_result_mb"), "{err}");
+
+    let l = limits(|c| c.timeout_seconds = 1);
+    let err = l
+        .run(
+            vec![],
+            "select count(*) from unnest(range(200000)) a(x), unnest(range(200000)) b(y) where x + y = -1",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("query.timeout_seconds"), "{err}");
+
+    let l = limits(|c| c.memory_mb = 16);
+    let err = l
+        .run(
+            vec![],
+            "select length(string_agg(x, ',')) from (select cast(v as varchar) || 'padding-padding' as x from unnest(range(3000000)) t(v))",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("query.memory_mb"), "{err}");
+}

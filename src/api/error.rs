@@ -39,7 +39,39 @@ kinds! {
     // hydrant cannot take records right now (log full, disk full, shutting
     // down). 503 makes every SDK back off and retry.
     unavailable => "ServiceUnavailableException", SERVICE_UNAVAILABLE;
+    // The body did not arrive in time (http.body_timeout_seconds). SDKs
+    // retry this code.
+    request_timeout => "RequestTimeoutException", REQUEST_TIMEOUT;
     internal => "InternalFailure", INTERNAL_SERVER_ERROR;
+    // Authentication and authorization, with the codes AWS's JSON services
+    // use, so SDKs raise what they raise against AWS.
+    missing_token => "MissingAuthenticationTokenException", FORBIDDEN;
+    incomplete_signature => "IncompleteSignatureException", BAD_REQUEST;
+    unrecognized_client => "UnrecognizedClientException", BAD_REQUEST;
+    invalid_signature => "InvalidSignatureException", BAD_REQUEST;
+    access_denied => "AccessDeniedException", BAD_REQUEST;
+}
+
+impl From<super::auth::Denied> for ApiError {
+    fn from(d: super::auth::Denied) -> ApiError {
+        use super::auth::Denied::*;
+        let message = d.to_string();
+        match d {
+            Missing => ApiError::missing_token(message),
+            Malformed(_) => ApiError::incomplete_signature(message),
+            UnknownKey(_) => ApiError::unrecognized_client(message),
+            BadSignature | Skewed(_) | Expired(_) => ApiError::invalid_signature(message),
+            Forbidden(_) => ApiError::access_denied(message),
+        }
+    }
+}
+
+impl ApiError {
+    /// Adds what went wrong underneath to the message.
+    pub fn with_cause(mut self, cause: &dyn std::error::Error) -> Self {
+        self.message = format!("{} ({cause})", self.message);
+        self
+    }
 }
 
 impl IntoResponse for ApiError {

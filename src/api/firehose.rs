@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Key;
 use super::{ApiError, App};
 use crate::log::{Frames, LogError};
 use crate::spec::check_stream_name;
@@ -19,14 +20,57 @@ pub const MAX_RECORD_BYTES: usize = 1_024_000;
 pub const MAX_BATCH_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
-pub async fn dispatch(app: &App, op: &str, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
+/// Who is calling: the key that signed the request (None when hydrant has
+/// no keys), and the region it signed for.
+pub struct Caller<'a> {
+    pub key: Option<&'a Key>,
+    pub region: &'a str,
+}
+
+impl Caller<'_> {
+    fn arn(&self, stream: &str) -> String {
+        format!("arn:aws:firehose:{}:000000000000:deliverystream/{stream}", self.region)
+    }
+
+    /// Refuses an action, or an action on a stream, the key may not take.
+    fn allow(&self, op: &str, stream: Option<&str>) -> Result<(), ApiError> {
+        let Some(key) = self.key else { return Ok(()) };
+        let action = format!("firehose:{op}");
+        let ok = key.may(&action) && stream.is_none_or(|s| key.may_stream(s));
+        if ok {
+            return Ok(());
+        }
+        let resource = match stream {
+            Some(s) => self.arn(s),
+            None => format!("arn:aws:firehose:{}:000000000000:*", self.region),
+        };
+        Err(ApiError::access_denied(format!(
+            "User: arn:aws:iam::000000000000:user/{} is not authorized to perform: {action} on resource: {resource}",
+            key.id
+        )))
+    }
+}
+
+pub async fn dispatch(app: &App, caller: &Caller<'_>, op: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    const OPS: [&str; 6] = [
+        "PutRecordBatch",
+        "PutRecord",
+        "CreateDeliveryStream",
+        "DescribeDeliveryStream",
+        "ListDeliveryStreams",
+        "DeleteDeliveryStream",
+    ];
+    if OPS.contains(&op) {
+        caller.allow(op, None)?;
+    }
+    let region = caller.region;
     match op {
-        "PutRecordBatch" => put_record_batch(app, body).await,
-        "PutRecord" => put_record(app, body).await,
-        "CreateDeliveryStream" => create(app, body, region).await,
-        "DescribeDeliveryStream" => describe(app, body, region),
+        "PutRecordBatch" => put_record_batch(app, caller, body).await,
+        "PutRecord" => put_record(app, caller, body).await,
+        "CreateDeliveryStream" => create(app, caller, body, region).await,
+        "DescribeDeliveryStream" => describe(app, caller, body, region),
         "ListDeliveryStreams" => list(app, body),
-        "DeleteDeliveryStream" => delete(app, body).await,
+        "DeleteDeliveryStream" => delete(app, caller, body).await,
         "UpdateDestination"
         | "TagDeliveryStream"
         | "UntagDeliveryStream"
@@ -54,9 +98,15 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T, ApiError> {
     v.ok_or_else(|| ApiError::validation(format!("{field} is required")))
 }
 
-fn stream(app: &App, name: Option<String>) -> Result<std::sync::Arc<Stream>, ApiError> {
+fn stream(
+    app: &App,
+    caller: &Caller<'_>,
+    op: &str,
+    name: Option<String>,
+) -> Result<std::sync::Arc<Stream>, ApiError> {
     let name = required(name, "DeliveryStreamName")?;
     check_stream_name(&name)?;
+    caller.allow(op, Some(&name))?;
     app.registry.get(&name).ok_or_else(|| {
         ApiError::not_found(format!(
             "Delivery stream {name} under account 000000000000 not found."
@@ -143,9 +193,9 @@ fn too_big(size: usize) -> String {
     format!("Record size is {size} bytes; a record may be at most {MAX_RECORD_BYTES} bytes (1,000 KiB) before base64 encoding")
 }
 
-async fn put_record(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+async fn put_record(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let req: PutRecordIn = parse(body)?;
-    let stream = stream(app, req.name)?;
+    let stream = stream(app, caller, "PutRecord", req.name)?;
     let record = required(req.record, "Record")?;
     let mut frames = Frames::default();
     let size = frame(&mut frames, now_ms(), Field::Record, &record)?;
@@ -170,9 +220,9 @@ async fn put_record(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
 /// One bad record fails alone: it gets an ErrorCode in its slot of the
 /// response and the rest of the batch is taken. Only a request that breaks
 /// the call's own limits (count, total size, syntax) fails as a whole.
-async fn put_record_batch(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+async fn put_record_batch(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let req: PutRecordBatchIn = parse(body)?;
-    let stream = stream(app, req.name)?;
+    let stream = stream(app, caller, "PutRecordBatch", req.name)?;
     let records = required(req.records, "Records")?;
     if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
         return Err(ApiError::validation(format!(
@@ -235,10 +285,13 @@ async fn put_record_batch(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(out.into_bytes())
 }
 
-async fn create(app: &App, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
+async fn create(app: &App, caller: &Caller<'_>, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
     let request: Value = parse_owned(body)?;
     if !request.is_object() {
         return Err(ApiError::serialization("the request must be a JSON object"));
+    }
+    if let Some(name) = request["DeliveryStreamName"].as_str() {
+        caller.allow("CreateDeliveryStream", Some(name))?;
     }
     let stream = app.registry.create(request).await?;
     Ok(json!({ "DeliveryStreamARN": stream.arn(region) })
@@ -256,9 +309,9 @@ struct DescribeIn {
 
 const DESTINATION_ID: &str = "destinationId-000000000001";
 
-fn describe(app: &App, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
+fn describe(app: &App, caller: &Caller<'_>, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
     let req: DescribeIn = parse_owned(body)?;
-    let stream = stream(app, req.delivery_stream_name)?;
+    let stream = stream(app, caller, "DescribeDeliveryStream", req.delivery_stream_name)?;
     if let Some(l) = req.limit {
         if !(1..=10000).contains(&l) {
             return Err(ApiError::validation(format!(
@@ -300,7 +353,13 @@ fn describe(app: &App, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
         None => vec![destination],
     };
     let created = stream.created_ms as f64 / 1000.0;
-    Ok(json!({
+    // Firehose reports a destination that cannot deliver in
+    // FailureDescription; the stream itself stays ACTIVE and takes puts.
+    let failure = stream.delivery.problem().map(|p| {
+        let state = if p.stopped { "delivery stopped" } else { "delivery retrying" };
+        json!({ "Type": "UNKNOWN_ERROR", "Details": format!("{state}: {}", p.message) })
+    });
+    let mut description = json!({
         "DeliveryStreamDescription": {
             "DeliveryStreamName": s.name,
             "DeliveryStreamARN": stream.arn(region),
@@ -313,9 +372,11 @@ fn describe(app: &App, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
             "Destinations": destinations,
             "HasMoreDestinations": false,
         }
-    })
-    .to_string()
-    .into_bytes())
+    });
+    if let Some(f) = failure {
+        description["DeliveryStreamDescription"]["FailureDescription"] = f;
+    }
+    Ok(description.to_string().into_bytes())
 }
 
 #[derive(Deserialize)]
@@ -374,11 +435,12 @@ struct DeleteIn {
     allow_force_delete: Option<bool>,
 }
 
-async fn delete(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+async fn delete(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let req: DeleteIn = parse_owned(body)?;
     let _ = req.allow_force_delete;
     let name = required(req.delivery_stream_name, "DeliveryStreamName")?;
     check_stream_name(&name)?;
+    caller.allow("DeleteDeliveryStream", Some(&name))?;
     app.registry.delete(&name).await?;
     Ok(b"{}".to_vec())
 }

@@ -13,8 +13,11 @@
 //!
 //! Not served: anything that writes (the lake is written by delivery streams
 //! only), virtual-hosted-style addressing, versions, ACLs, tagging, multipart
-//! uploads, multi-range requests. Requests are not authenticated, like the
-//! Firehose side: any signature is accepted.
+//! uploads, multi-range requests. With access keys configured, requests
+//! are signed (SigV4, in the Authorization header or a presigned URL) and
+//! checked against the key's actions (`s3:ListAllMyBuckets`,
+//! `s3:ListBucket`, `s3:GetBucketLocation`, `s3:GetObject`) and buckets;
+//! without, any signature is accepted, like the Firehose side.
 //!
 //! ETags are not content MD5s, which would mean reading every object to list
 //! it. An ETag is a hash of the file's inode, size and modification time,
@@ -101,7 +104,7 @@ const OBJECT_SUBRESOURCES: &[&str] = &[
     "uploads",
 ];
 
-pub fn router() -> Router<Arc<App>> {
+pub fn router(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route("/", get(list_buckets))
         .route(
@@ -116,6 +119,63 @@ pub fn router() -> Router<Arc<App>> {
             "/{bucket}/{*key}",
             get(object_get).head(object_head).fallback(read_only),
         )
+        .route_layer(axum::middleware::from_fn_with_state(app, authenticate))
+}
+
+/// With access keys configured, every S3 request is signed (header or
+/// presigned URL) by a key that may take its action on its bucket.
+async fn authenticate(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !app.auth.enabled() {
+        return next.run(req).await;
+    }
+    let head = req.method() == Method::HEAD;
+    let path = req.uri().path().trim_start_matches('/');
+    let (bucket, key) = match path.split_once('/') {
+        Some((b, k)) => (b, k),
+        None => (path, ""),
+    };
+    if bucket == "-" {
+        // hydrant's own namespace: the handlers answer for it.
+        return next.run(req).await;
+    }
+    let action = if bucket.is_empty() {
+        "s3:ListAllMyBuckets"
+    } else if !key.is_empty() {
+        "s3:GetObject"
+    } else if req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "location" || p.starts_with("location="))) {
+        "s3:GetBucketLocation"
+    } else {
+        "s3:ListBucket"
+    };
+    use super::auth::Denied;
+    let denied = |code, status, message: String| Err(S3Error::new(status, code, message));
+    let checked = match app.auth.verify(req.method(), req.uri(), req.headers(), None, "s3") {
+        Ok(k) if k.may(action) && (bucket.is_empty() || k.may_bucket(bucket)) => Ok(()),
+        Ok(k) => denied(
+            "AccessDenied",
+            StatusCode::FORBIDDEN,
+            format!("User: arn:aws:iam::000000000000:user/{} is not authorized to perform: {action} on resource: arn:aws:s3:::{bucket}", k.id),
+        ),
+        Err(d @ Denied::Missing) | Err(d @ Denied::Expired(_)) | Err(d @ Denied::Forbidden(_)) => {
+            denied("AccessDenied", StatusCode::FORBIDDEN, d.to_string())
+        }
+        Err(d @ Denied::Malformed(_)) => denied("AuthorizationHeaderMalformed", StatusCode::BAD_REQUEST, d.to_string()),
+        Err(Denied::UnknownKey(_)) => denied(
+            "InvalidAccessKeyId",
+            StatusCode::FORBIDDEN,
+            "The AWS Access Key Id you provided does not exist in our records.".into(),
+        ),
+        Err(d @ Denied::BadSignature) => denied("SignatureDoesNotMatch", StatusCode::FORBIDDEN, d.to_string()),
+        Err(d @ Denied::Skewed(_)) => denied("RequestTimeTooSkewed", StatusCode::FORBIDDEN, d.to_string()),
+    };
+    match checked {
+        Ok(()) => next.run(req).await,
+        Err(e) => finish(Err(e), req.uri(), head),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -330,7 +390,7 @@ async fn bucket_get(
     let region = super::region(&headers).to_string();
     let result = async {
         let q = params(query)?;
-        let dir = bucket_dir(&lake(&app), &bucket).await?;
+        let dir = bucket_dir(&app, &bucket).await?;
         if q.iter().any(|(k, _)| k == "location") {
             return Ok(location(&region));
         }
@@ -362,7 +422,7 @@ async fn bucket_head(
         Ok(b) => b,
         Err(response) => return response,
     };
-    let result = match bucket_dir(&lake(&app), &bucket).await {
+    let result = match bucket_dir(&app, &bucket).await {
         Ok(_) => {
             let region = super::region(&headers);
             let mut r = StatusCode::OK.into_response();
@@ -430,7 +490,7 @@ async fn object(
             }
         }
         let overrides = response_overrides(&q)?;
-        let dir = bucket_dir(&lake(&app), &bucket).await?;
+        let dir = bucket_dir(&app, &bucket).await?;
         check_key(&key)?;
         let k = key.clone();
         let (file, meta) = tokio::task::spawn_blocking(move || open_object(&dir, &k))
@@ -448,11 +508,20 @@ async fn object(
 // Buckets
 
 /// The directory of an existing bucket.
-async fn bucket_dir(lake: &Path, bucket: &str) -> Result<PathBuf, S3Error> {
+/// The embedded lake's directory of a bucket. A bucket the config puts on
+/// an S3 service is not in the embedded lake: it is read from that service.
+async fn bucket_dir(app: &App, bucket: &str) -> Result<PathBuf, S3Error> {
     if !crate::spec::check_bucket(bucket) {
         return Err(S3Error::no_such_bucket(bucket));
     }
-    let dir = lake.join(bucket);
+    if app.registry.s3_store(bucket).is_some() {
+        return Err(S3Error::not_implemented(format!(
+            "bucket {bucket} lives on an S3 service (buckets.{bucket} in hydrant's config), \
+             not in the embedded lake; read it from that service, or query it with SQL (POST /-/query)"
+        ))
+        .with("BucketName", bucket));
+    }
+    let dir = lake(app).join(bucket);
     match tokio::fs::symlink_metadata(&dir).await {
         Ok(m) if m.file_type().is_dir() => Ok(dir),
         Ok(_) => Err(S3Error::no_such_bucket(bucket)),
@@ -881,7 +950,7 @@ fn owner(x: &mut Xml) {
 /// A key that can name a file in the lake. `..` is refused outright; other
 /// keys no file can have (`a//b`, `./a`, `a/`) simply do not exist.
 fn check_key(key: &str) -> Result<(), S3Error> {
-    if key.split('/').any(|seg| seg == "..") {
+    if key.split('/').any(|seg| seg == "..") || key.starts_with('/') {
         return Err(S3Error::invalid_argument(format!(
             "key {key:?}: a '..' segment is not allowed; keys are paths inside the bucket"
         ))

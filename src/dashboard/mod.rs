@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
+const LOGIN: &str = include_str!("login.html");
 
 pub async fn index() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
@@ -23,4 +24,10 @@ pub async fn app_js() -> Response {
 
 pub async fn app_css() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
+}
+
+/// The login page, served at `/-/` while hydrant has keys and the browser no
+/// session.
+pub async fn login() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], LOGIN).into_response()
 }

@@ -96,6 +96,45 @@ pub struct DeliveryStats {
     pub oldest_pending_ms: AtomicI64,
     /// Records sent to the error output, by error code.
     pub errors: Mutex<BTreeMap<String, u64>>,
+    /// What is wrong with delivery right now: a step that keeps failing
+    /// (and is retried), or why delivery stopped. None while all is well.
+    pub problem: Mutex<Option<Problem>>,
+}
+
+/// A delivery problem, as the API and health checks report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// True once delivery has stopped: nothing more reaches the lake until
+    /// the cause is fixed and hydrant restarts. False while a step is retried.
+    pub stopped: bool,
+    pub message: String,
+    pub since_ms: i64,
+}
+
+impl DeliveryStats {
+    fn report(&self, stopped: bool, message: String) {
+        let mut p = self.problem.lock().unwrap();
+        let since_ms = match &*p {
+            Some(old) if old.stopped == stopped => old.since_ms,
+            _ => now_ms(),
+        };
+        *p = Some(Problem {
+            stopped,
+            message,
+            since_ms,
+        });
+    }
+
+    fn clear(&self) {
+        let mut p = self.problem.lock().unwrap();
+        if p.as_ref().is_some_and(|p| !p.stopped) {
+            *p = None;
+        }
+    }
+
+    pub fn problem(&self) -> Option<Problem> {
+        self.problem.lock().unwrap().clone()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +285,8 @@ pub enum DeliveryError {
     Interrupted,
     #[error("encoding an object failed: {0}")]
     Encode(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn now_ms() -> i64 {
@@ -259,18 +300,37 @@ impl Delivery {
         let (done, finished) = oneshot::channel();
         let rt = tokio::runtime::Handle::current();
         let name = self.spec.name.clone();
-        std::thread::Builder::new()
+        let stats = self.stats.clone();
+        let reported = self.stats.clone();
+        let spawned = std::thread::Builder::new()
             .name(format!("deliver-{name}"))
             .spawn(move || {
                 let _runtime = rt.enter();
-                let result = self.run(&rt, stop).map_err(|e| {
+                // A bug must stop this stream's delivery, not the process:
+                // a panic becomes the stream's reported error like any other.
+                let run = std::panic::AssertUnwindSafe(|| self.run(&rt, stop));
+                let result = match std::panic::catch_unwind(run) {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(panic) => Err(format!(
+                        "delivery failed unexpectedly: {}",
+                        panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("a panic")
+                    )),
+                };
+                if let Err(e) = &result {
                     tracing::error!(stream = %name, error = %e,
                         "delivery stopped; records stay in the log until this is fixed and hydrant restarts");
-                    e.to_string()
-                });
+                    stats.report(true, e.clone());
+                }
                 let _ = done.send(result);
-            })
-            .expect("starting a delivery thread");
+            });
+        if let Err(e) = spawned {
+            // The closure, and with it `done`, is gone: `finished` says so.
+            reported.report(true, format!("could not start the delivery thread: {e}"));
+        }
         finished
     }
 
@@ -666,9 +726,19 @@ impl Delivery {
         let mut backoff = Duration::from_millis(100);
         loop {
             match step() {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.stats.clear();
+                    return Ok(());
+                }
+                // A key or bucket no store may take: retrying cannot help.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(DeliveryError::Refused(format!("{what}: {e}")));
+                }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .report(false, format!("{what} failed (retrying): {e}"));
                     tracing::warn!(stream = %self.spec.name, error = %e, retry_in = ?backoff,
                         "{what} failed; the records stay in the log and delivery will retry");
                     if *stop.borrow() && backoff >= Duration::from_secs(5) {

@@ -121,9 +121,25 @@ impl fmt::Display for HiveType {
     }
 }
 
+/// How deep types may nest (`array<array<...>>`, structs in structs), in
+/// declared and in inferred schemas alike. Every function over a type
+/// recurses once per level, so this bound is what keeps parsing, converting
+/// and writing a record within a thread's stack. Glue tables rarely pass a
+/// handful of levels.
+pub const MAX_TYPE_DEPTH: usize = 32;
+
+/// The longest type string taken, in bytes.
+pub const MAX_TYPE_BYTES: usize = 64 << 10;
+
 impl HiveType {
     fn parse(s: &str) -> Result<HiveType, String> {
-        let mut p = TypeParser { s, pos: 0 };
+        if s.len() > MAX_TYPE_BYTES {
+            return Err(format!(
+                "type is {} bytes long; at most {MAX_TYPE_BYTES} are allowed",
+                s.len()
+            ));
+        }
+        let mut p = TypeParser { s, pos: 0, depth: 0 };
         let t = p.parse_type()?;
         p.skip_ws();
         if p.pos != s.len() {
@@ -183,6 +199,8 @@ fn map_entries(value: &HiveType) -> Field {
 struct TypeParser<'a> {
     s: &'a str,
     pos: usize,
+    /// How many `array<`, `map<` and `struct<` enclose the current position.
+    depth: usize,
 }
 
 impl TypeParser<'_> {
@@ -255,9 +273,25 @@ impl TypeParser<'_> {
     }
 
     fn parse_type(&mut self) -> Result<HiveType, String> {
-        use HiveType::*;
         let word = self.word().to_ascii_lowercase();
-        Ok(match word.as_str() {
+        if matches!(word.as_str(), "array" | "map" | "struct") {
+            self.depth += 1;
+            if self.depth > MAX_TYPE_DEPTH {
+                return Err(format!(
+                    "type is nested deeper than {MAX_TYPE_DEPTH} levels (array, map and struct)"
+                ));
+            }
+        }
+        let t = self.parse_word(&word);
+        if matches!(word.as_str(), "array" | "map" | "struct") {
+            self.depth -= 1;
+        }
+        t
+    }
+
+    fn parse_word(&mut self, word: &str) -> Result<HiveType, String> {
+        use HiveType::*;
+        Ok(match word {
             "boolean" => Boolean,
             "tinyint" => TinyInt,
             "smallint" => SmallInt,
@@ -903,7 +937,7 @@ impl InferredSchema {
             .into_iter()
             .filter(|(n, _)| !n.is_empty())
         {
-            if let Some(t) = infer(raw, &name)? {
+            if let Some(t) = infer(raw, &name, 0)? {
                 merge_field(&mut columns, name, t, "")?;
             }
         }
@@ -922,7 +956,14 @@ impl InferredSchema {
 }
 
 /// The type of a JSON value, or None when it says nothing (null, [], {}).
-fn infer(raw: &RawValue, path: &str) -> Result<Option<HiveType>, String> {
+/// A value nested deeper than [`MAX_TYPE_DEPTH`] is refused, like such a
+/// declared type.
+fn infer(raw: &RawValue, path: &str, depth: usize) -> Result<Option<HiveType>, String> {
+    if depth >= MAX_TYPE_DEPTH && matches!(kind(raw), Kind::Array | Kind::Object) {
+        return Err(format!(
+            "field `{path}` is nested deeper than {MAX_TYPE_DEPTH} levels"
+        ));
+    }
     Ok(match kind(raw) {
         Kind::Null => None,
         Kind::Bool => Some(HiveType::Boolean),
@@ -940,7 +981,7 @@ fn infer(raw: &RawValue, path: &str) -> Result<Option<HiveType>, String> {
                 serde_json::from_str::<Vec<&RawValue>>(raw.get()).map_err(|e| e.to_string())?;
             let mut elem: Option<HiveType> = None;
             for item in items {
-                if let Some(t) = infer(item, &format!("{path}[]"))? {
+                if let Some(t) = infer(item, &format!("{path}[]"), depth + 1)? {
                     elem = Some(match elem {
                         None => t,
                         // Elements of one array merge in either order.
@@ -957,7 +998,7 @@ fn infer(raw: &RawValue, path: &str) -> Result<Option<HiveType>, String> {
             let mut fields = Vec::new();
             let object = serde_json::from_str::<Object>(raw.get()).map_err(|e| e.to_string())?;
             for (name, v) in object.0.into_iter().filter(|(n, _)| !n.is_empty()) {
-                if let Some(t) = infer(v, &format!("{path}.{name}"))? {
+                if let Some(t) = infer(v, &format!("{path}.{name}"), depth + 1)? {
                     merge_field(&mut fields, name, t, path)?;
                 }
             }

@@ -22,6 +22,43 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 /// The longest an evaluated prefix may be (Firehose's limit).
 pub const MAX_EVALUATED_PREFIX: usize = 512;
 
+/// The longest object key, in bytes (S3's limit).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The one rule every object key obeys before any store sees it, whatever
+/// produced it (a prefix's expressions, partition values, a replay): a key
+/// is a relative path inside its bucket. So no leading `/`, no empty, `.` or
+/// `..` segment, no `\\`, no NUL or other control character, and at most
+/// [`MAX_KEY_BYTES`]. S3 itself would take some of these; the embedded lake
+/// maps keys onto directories, where they would alias or escape, and one rule
+/// for every store keeps a stream portable between them.
+pub fn check_key(key: &str) -> Result<(), String> {
+    let bad = if key.is_empty() {
+        Some("it is empty")
+    } else if key.len() > MAX_KEY_BYTES {
+        Some("it is longer than 1024 bytes")
+    } else if key.starts_with('/') {
+        Some("it starts with '/'")
+    } else if key.chars().any(|c| c.is_control()) {
+        Some("it holds a control character")
+    } else if key.contains('\\') {
+        Some("it holds a '\\'")
+    } else if key.split('/').any(|seg| seg.is_empty()) {
+        Some("it has an empty path segment ('//' or a trailing '/')")
+    } else if key.split('/').any(|seg| seg == "." || seg == "..") {
+        Some("it has a '.' or '..' path segment")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(format!(
+            "object key {:?} is not allowed: {why}; keys are paths inside the bucket",
+            key.chars().take(200).collect::<String>()
+        )),
+        None => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Literal(String),
@@ -153,8 +190,10 @@ impl Template {
                 Part::RandomString => out.push_str(random),
                 Part::ErrorOutputType => out.push_str(error_type.unwrap_or("processing-failed")),
                 Part::PartitionKey(name) => {
+                    // Names are checked against the query at create time; a
+                    // missing one evaluates empty, which the key check refuses.
                     let value = keys.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
-                    out.push_str(value.expect("partition keys are checked against the query"));
+                    out.push_str(value.unwrap_or(""));
                 }
             }
         }
@@ -293,9 +332,31 @@ pub fn validate_partitioned(
                     "{name} evaluates to {n} characters; at most {MAX_EVALUATED_PREFIX} are allowed"
                 ));
             }
+            check_evaluations(t).map_err(|e| format!("{name}: {e}"))?;
         }
     }
     Ok((p, e))
+}
+
+/// Refuses a template any of whose evaluations would not be a valid key.
+///
+/// Date fields print digits and letters only, never `/`, `.` or nothing, so
+/// the path structure of an evaluation (its separators, empty and dot
+/// segments, control characters) comes from literal text alone and is the
+/// same at every instant: evaluating at two instants whose fields all differ
+/// covers every instant. Partition values and the random string are letters
+/// here; the real ones are checked where they are made (route) and the whole
+/// key again at the store.
+fn check_evaluations(t: &Template) -> Result<(), String> {
+    let pk: Vec<(&str, &str)> = t.partition_keys().into_iter().map(|k| (k, "v")).collect();
+    for instant in [4102444799, 0] {
+        let at = DateTime::<Utc>::from_timestamp(instant, 0).expect("a valid instant");
+        let prefix = t.eval_with(at, "aaaaaaaaaaa", Some("processing-failed"), &pk);
+        check_key(&format!("{prefix}object")).map_err(|e| {
+            format!("evaluates to {prefix:?}, which cannot start an object key: {e}")
+        })?;
+    }
+    Ok(())
 }
 
 fn parse_date_pattern(pattern: &str) -> Result<Vec<DatePart>, String> {
@@ -674,6 +735,61 @@ mod tests {
             e.unwrap().eval(t, "x", Some("format-conversion-failed")),
             "failed/format-conversion-failed/2026/"
         );
+    }
+
+    /// Prefixes whose evaluation leaves the bucket or aliases another key:
+    /// each is refused at create time, whichever expression produces it.
+    const ESCAPES: &[(&str, &str, &str)] = &[
+        ("!{timestamp:'..'}/x/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("a/!{timestamp:'/'}b/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:'/tmp/x/'}", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:yyyy}/../../escape/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:yyyy}/!{timestamp:'..'}/!{timestamp:'..'}/escape/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:yyyy}/!{timestamp:'.'}!{timestamp:'.'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:'a\u{0}b'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:'a\u{1}b'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{timestamp:'a\\b'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("!{firehose:random-string}//", "e/!{firehose:error-output-type}/", "Prefix:"),
+        ("ok/", "!{timestamp:'..'}/!{firehose:error-output-type}/", "ErrorOutputPrefix:"),
+        ("ok/", "!{timestamp:'/abs/'}!{firehose:error-output-type}/", "ErrorOutputPrefix:"),
+        ("ok/", "e/!{firehose:error-output-type}//", "ErrorOutputPrefix:"),
+        ("ok/", "e/!{firehose:error-output-type}/!{timestamp:'..'}/", "ErrorOutputPrefix:"),
+    ];
+
+    #[test]
+    fn prefixes_that_escape_the_bucket_are_refused() {
+        for (prefix, error_prefix, which) in ESCAPES {
+            let err = validate(prefix, Some(error_prefix)).expect_err(prefix);
+            assert!(err.starts_with(which), "{prefix:?} / {error_prefix:?}: {err}");
+            assert!(err.contains("cannot start an object key"), "{prefix:?}: {err}");
+        }
+    }
+
+    /// (key, allowed)
+    const KEYS: &[(&str, bool)] = &[
+        ("events/2026/11/24/13/s-1-2026-11-24-13-05-09-id", true),
+        ("a", true),
+        ("a.b/..c/c..", true),
+        ("", false),
+        ("/abs", false),
+        ("a//b", false),
+        ("a/", false),
+        ("a/./b", false),
+        ("a/../b", false),
+        ("..", false),
+        ("a\\b", false),
+        ("a\u{0}b", false),
+        ("a\nb", false),
+        ("a\u{7f}b", false),
+    ];
+
+    #[test]
+    fn key_rules() {
+        for (key, ok) in KEYS {
+            assert_eq!(check_key(key).is_ok(), *ok, "{key:?}: {:?}", check_key(key));
+        }
+        assert!(check_key(&"a".repeat(MAX_KEY_BYTES)).is_ok());
+        assert!(check_key(&"a".repeat(MAX_KEY_BYTES + 1)).is_err());
     }
 
     #[test]

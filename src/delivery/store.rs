@@ -36,29 +36,33 @@ impl LocalStore {
         &self.lake
     }
 
-    /// Where `bucket/key` lives on disk.
-    pub fn path(&self, bucket: &str, key: &str) -> PathBuf {
+    /// Where `bucket/key` lives on disk, once both are checked (see [`check`]).
+    fn path(&self, bucket: &str, key: &str) -> PathBuf {
         self.lake.join(bucket).join(key)
     }
 
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) -> io::Result<()> {
+        check(bucket, key)?;
         let target = self.path(bucket, key);
-        let parent = target.parent().expect("a key has a parent directory");
+        let bucket_dir = self.lake.join(bucket);
+        let parent = target.parent().unwrap_or(&bucket_dir).to_path_buf();
         let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
-            fs::create_dir_all(parent)?;
+            fs::create_dir_all(&parent)?;
             fs::rename(&tmp, &target)?;
-            // Make the rename, and any directory it needed, durable.
-            let mut dir = parent;
-            loop {
+            // Make the rename, and any directory it needed, durable: every
+            // directory from the object's up to the lake's. The key is
+            // checked, so that is one per segment, all inside the lake.
+            let mut dir = parent.as_path();
+            while dir.starts_with(&self.lake) {
                 sync_dir(dir)?;
-                if dir == self.lake {
-                    break;
+                match dir.parent() {
+                    Some(up) => dir = up,
+                    None => break,
                 }
-                dir = dir.parent().expect("inside the lake");
             }
             Ok(())
         })();
@@ -67,6 +71,20 @@ impl LocalStore {
         }
         result
     }
+}
+
+/// Checks a bucket and key where they are used, whatever made them: a key
+/// that breaks [`check_key`](super::prefix::check_key) or a bucket that
+/// breaks S3's naming rules never reaches a store. The error's kind is
+/// `InvalidInput`, which delivery never retries.
+pub fn check(bucket: &str, key: &str) -> io::Result<()> {
+    if !crate::spec::check_bucket(bucket) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bucket {bucket:?} is not a valid S3 bucket name"),
+        ));
+    }
+    super::prefix::check_key(key).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// A bucket on an S3-compatible service, from the config file.
@@ -157,6 +175,7 @@ impl Stores {
         let Some(store) = self.s3.get(bucket) else {
             return self.local.put(bucket, key, bytes);
         };
+        check(bucket, key)?;
         use object_store::ObjectStoreExt;
         let path = object_store::path::Path::from(key);
         rt.block_on(async {

@@ -6,51 +6,17 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { BIN, CHROMIUM, CHROMIUM_ARGS, freePort, sleep, waitReady } from './harness.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const BIN = process.env.HYDRANT_BIN
-  || (process.env.CARGO_TARGET_DIR
-    ? join(resolve(process.env.CARGO_TARGET_DIR), 'release', 'hydrant')
-    : resolve(here, '../../target/release/hydrant'));
 // The README's picture is made with DASHBOARD_SCREENSHOT=docs/dashboard.png.
 const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || join(tmpdir(), 'hydrant-dashboard.png');
-const CHROMIUM = '/usr/bin/chromium';
 const STREAM = 'my-event-staging';
 const EVENT_NAMES = ['JOIN', 'LEAVE', 'OPEN_CHAT', 'SUBSCRIBE', 'SEND_MESSAGE'];
 const EVENTS_SQL = 'SELECT event_name, count(*) AS events FROM my_event_staging GROUP BY event_name ORDER BY events DESC';
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.on('error', fail);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-
-async function waitReady(base, proc, output, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null || proc.signalCode !== null) {
-      throw new Error(`hydrant exited (${proc.exitCode ?? proc.signalCode}) before it was ready:\n${output()}`);
-    }
-    try {
-      const res = await fetch(`${base}/-/ready`, { signal: AbortSignal.timeout(1000) });
-      if (res.status === 200) return;
-    } catch { /* not listening yet */ }
-    await sleep(100);
-  }
-  throw new Error(`hydrant was not ready within ${timeoutMs} ms:\n${output()}`);
-}
 
 // Runs `sql` from the query box (typed, then Ctrl+Enter) and waits for its answer.
 async function runQuery(page, sql) {
@@ -90,8 +56,7 @@ test('the dashboard goes live, charts new windows, queries the lake and notices 
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: CHROMIUM_ARGS,
     });
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     const problems = [];

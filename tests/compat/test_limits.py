@@ -14,7 +14,7 @@ from collections import Counter
 import botocore.exceptions
 import pytest
 
-from conftest import stream_config, wait_for
+from conftest import mount_tmpfs, stream_config, wait_for
 
 MIB = 1 << 20
 
@@ -129,25 +129,6 @@ def test_log_bound_lifts_once_delivery_catches_up(make_server, segment_mb, max_m
     assert Counter(line for obj in objs for line in obj) == Counter(acked + [later])
     for obj in objs:
         assert obj == sorted(obj), "records out of order within an object"
-
-
-def mount_tmpfs(path, size):
-    path.mkdir(parents=True, exist_ok=True)
-    why = None
-    if os.geteuid() != 0:
-        why = "not running as root"
-    else:
-        try:
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
-            if r.returncode != 0:
-                why = f"mount -t tmpfs failed: {r.stderr.strip()}"
-        except FileNotFoundError:
-            why = "no mount command"
-    if why:
-        message = f"DISK-FULL TEST NOT RUN: needs to mount a small tmpfs ({why})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def test_full_disk_refuses_with_503_and_loses_nothing(make_server, tmp_path):

@@ -120,6 +120,19 @@ def test_objects_land_in_the_s3_bucket_with_firehose_keys(make_server, s3):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rows"] == [[1000, sum(range(1000))]]
+    # hydrant's own S3 API serves the embedded lake; a bucket on an S3
+    # service is refused with an error that says where to read it.
+    lake_api = boto3.client(
+        "s3", endpoint_url=server.endpoint, region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="y",
+        config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"max_attempts": 0}),
+    )
+    for call in (lambda: lake_api.list_objects_v2(Bucket="lake-s3"),
+                 lambda: lake_api.get_object(Bucket="lake-s3", Key=next(iter(objects)))):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert e.value.response["Error"]["Code"] == "NotImplemented"
+        assert "lives on an S3 service" in e.value.response["Error"]["Message"]
     assert server.stop() == 0
 
 
