@@ -19,6 +19,7 @@ pub mod config;
 pub mod dashboard;
 pub mod delivery;
 pub mod generate;
+pub mod histogram;
 pub mod log;
 pub mod metrics;
 pub mod query;

@@ -1,10 +1,8 @@
 //! The Firehose API (`Firehose_20150804`): the operations hydrant serves,
 //! their request validation and their response shapes.
 
-use std::borrow::Cow;
 use std::fmt::Write;
 
-use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,10 +13,17 @@ use crate::log::{Frames, LogError};
 use crate::spec::check_stream_name;
 use crate::stream::{PutError, Stream};
 
-/// Firehose's limits.
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
-pub const MAX_BATCH_RECORDS: usize = 500;
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+pub use super::wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};
+use super::wire::{frame, Field, PutRecordBatchIn, PutRecordIn, WireError};
+
+impl From<WireError> for ApiError {
+    fn from(e: WireError) -> ApiError {
+        match e {
+            WireError::Missing(m) => ApiError::validation(m),
+            WireError::Base64(m) => ApiError::serialization(m),
+        }
+    }
+}
 
 /// Who is calling: the key that signed the request (None when hydrant has
 /// no keys), and the region it signed for.
@@ -131,62 +136,6 @@ fn put_error(stream: &str, e: PutError) -> ApiError {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordIn<'a> {
-    #[serde(rename = "Data", borrow)]
-    data: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutRecordIn<'a> {
-    #[serde(rename = "DeliveryStreamName")]
-    name: Option<String>,
-    #[serde(rename = "Record", borrow)]
-    record: Option<RecordIn<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutRecordBatchIn<'a> {
-    #[serde(rename = "DeliveryStreamName")]
-    name: Option<String>,
-    #[serde(rename = "Records", borrow)]
-    records: Option<Vec<RecordIn<'a>>>,
-}
-
-/// Which record a message is about: PutRecord's one, or one of a batch.
-#[derive(Clone, Copy)]
-enum Field {
-    Record,
-    Batch(usize),
-}
-
-impl std::fmt::Display for Field {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Field::Record => write!(f, "Record.Data"),
-            Field::Batch(i) => write!(f, "Records[{i}].Data"),
-        }
-    }
-}
-
-/// Decodes one record's base64 straight into `frames` (no intermediate
-/// copy) and returns its decoded size. A record over the limit is measured
-/// and left out; the caller reports it.
-fn frame(frames: &mut Frames, arrival: i64, field: Field, r: &RecordIn) -> Result<usize, ApiError> {
-    let data = r
-        .data
-        .as_deref()
-        .ok_or_else(|| ApiError::validation(format!("{field} is required")))?;
-    frames
-        .push_with(arrival, MAX_RECORD_BYTES, |buf| {
-            base64::engine::general_purpose::STANDARD.decode_vec(data, buf)
-        })
-        .map_err(|e| ApiError::serialization(format!("{field} is not valid base64: {e}")))
 }
 
 fn too_big(size: usize) -> String {

@@ -12,6 +12,7 @@ pub mod auth;
 mod error;
 mod firehose;
 mod s3;
+pub mod wire;
 
 pub use error::ApiError;
 

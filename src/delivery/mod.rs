@@ -47,6 +47,7 @@
 //! which producers get ServiceUnavailableException.
 
 pub mod encode;
+pub mod hive;
 pub mod parquet;
 pub mod prefix;
 pub mod route;

@@ -193,7 +193,7 @@ struct Shared {
     dir: PathBuf,
     bytes_on_disk: AtomicU64,
     poisoned: AtomicBool,
-    fsync: crate::metrics::Histogram,
+    fsync: crate::histogram::Histogram,
     /// Every record below this offset is delivered.
     delivered: AtomicU64,
     /// Delivery and the writer both remove segments; one at a time.
@@ -404,7 +404,7 @@ impl Log {
         &self.shared.dir
     }
 
-    pub fn fsync_histogram(&self) -> &crate::metrics::Histogram {
+    pub fn fsync_histogram(&self) -> &crate::histogram::Histogram {
         &self.shared.fsync
     }
 

@@ -1,0 +1,87 @@
+//! The bodies of PutRecord and PutRecordBatch: JSON whose records are
+//! base64, decoded straight into log frames, without an intermediate copy.
+//!
+//! Firehose's rules: a record is at most 1,000 KiB once decoded, a batch at
+//! most 500 records and 4 MiB. A record over its limit is measured and left
+//! out of the frames, so that the caller can fail it alone (its slot in
+//! PutRecordBatch's response) while the rest of the batch is taken; only a
+//! body that breaks the call's own rules (JSON, base64, a missing field)
+//! fails as a whole. This module knows no stream and no HTTP: it is what
+//! the fuzzer drives.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::log::Frames;
+
+/// Firehose's limits.
+pub const MAX_RECORD_BYTES: usize = 1_024_000;
+pub const MAX_BATCH_RECORDS: usize = 500;
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Why a body could not be decoded; the front door maps each to its AWS error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WireError {
+    /// A required field is missing (ValidationException).
+    Missing(String),
+    /// A record's Data is not base64 (SerializationException).
+    Base64(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIn<'a> {
+    #[serde(rename = "Data", borrow)]
+    pub data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRecordIn<'a> {
+    #[serde(rename = "DeliveryStreamName")]
+    pub name: Option<String>,
+    #[serde(rename = "Record", borrow)]
+    pub record: Option<RecordIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRecordBatchIn<'a> {
+    #[serde(rename = "DeliveryStreamName")]
+    pub name: Option<String>,
+    #[serde(rename = "Records", borrow)]
+    pub records: Option<Vec<RecordIn<'a>>>,
+}
+
+/// Which record a message is about: PutRecord's one, or one of a batch.
+#[derive(Clone, Copy)]
+pub enum Field {
+    Record,
+    Batch(usize),
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Field::Record => write!(f, "Record.Data"),
+            Field::Batch(i) => write!(f, "Records[{i}].Data"),
+        }
+    }
+}
+
+/// Decodes one record's base64 straight into `frames` (no intermediate
+/// copy) and returns its decoded size. A record over the limit is measured
+/// and left out; the caller reports it.
+pub fn frame(frames: &mut Frames, arrival: i64, field: Field, r: &RecordIn) -> Result<usize, WireError> {
+    let data = r
+        .data
+        .as_deref()
+        .ok_or_else(|| WireError::Missing(format!("{field} is required")))?;
+    frames
+        .push_with(arrival, MAX_RECORD_BYTES, |buf| {
+            base64::engine::general_purpose::STANDARD.decode_vec(data, buf)
+        })
+        .map_err(|e| WireError::Base64(format!("{field} is not valid base64: {e}")))
+}
