@@ -1,0 +1,18 @@
+//! The MetadataExtractionQuery subset of jq: any query text parses or is
+//! refused, and a parsed query evaluates any record bytes to values or an
+//! error, never a panic.
+#![no_main]
+
+#[path = "../../src/delivery/route.rs"]
+#[allow(dead_code)]
+mod route;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (query, record) = text.split_once('\0').unwrap_or((text, "{}"));
+    if let Ok(q) = route::PartitionQuery::parse(query) {
+        if let Ok(values) = q.eval(record.as_bytes()) {
+            assert_eq!(values.len(), q.names().len());
+        }
+    }
+});
