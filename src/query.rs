@@ -401,6 +401,7 @@ impl Lake {
         Depth::check(&statement)?;
         let plan = state.statement_to_plan(statement).await?;
         options.verify_plan(&plan)?;
+        check_allocations(&plan, max_bytes)?;
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema = df.schema().inner().clone();
         let mut stream = df.execute_stream().await?;
@@ -437,6 +438,89 @@ impl Lake {
             batches.push(RecordBatch::new_empty(schema));
         }
         Ok(batches)
+    }
+}
+
+/// Functions whose one call can allocate without bound, and that run
+/// outside the memory pool's accounting (it covers operators, not scalar
+/// functions): with literal arguments, what they would make is known before
+/// they run, and so is refused before they run, even before the planner
+/// folds constants (which would run them). With arguments from data, the
+/// rows in the lake bound them.
+fn check_allocations(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    max_bytes: usize,
+) -> Result<(), QueryError> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+    use datafusion::scalar::ScalarValue;
+    fn int(e: &Expr) -> Option<i128> {
+        match e {
+            Expr::Literal(v, _) => match v {
+                ScalarValue::Int8(Some(n)) => Some(*n as i128),
+                ScalarValue::Int16(Some(n)) => Some(*n as i128),
+                ScalarValue::Int32(Some(n)) => Some(*n as i128),
+                ScalarValue::Int64(Some(n)) => Some(*n as i128),
+                ScalarValue::UInt8(Some(n)) => Some(*n as i128),
+                ScalarValue::UInt16(Some(n)) => Some(*n as i128),
+                ScalarValue::UInt32(Some(n)) => Some(*n as i128),
+                ScalarValue::UInt64(Some(n)) => Some(*n as i128),
+                ScalarValue::Float64(Some(f)) => Some(*f as i128),
+                ScalarValue::Float32(Some(f)) => Some(*f as i128),
+                _ => None,
+            },
+            Expr::Cast(c) => int(&c.expr),
+            Expr::TryCast(c) => int(&c.expr),
+            Expr::Negative(e) => int(e).map(|n| -n),
+            _ => None,
+        }
+    }
+    let text_len = |e: &Expr| match e {
+        Expr::Literal(v, _) => v.to_string().len().max(1) as i128,
+        _ => 1,
+    };
+    let mut refused: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let Expr::ScalarFunction(f) = e else {
+                    return Ok(TreeNodeRecursion::Continue);
+                };
+                let name = f.func.name().to_ascii_lowercase();
+                let a = &f.args;
+                let bytes: Option<i128> = match name.as_str() {
+                    "repeat" if a.len() == 2 => int(&a[1]).map(|n| n * text_len(&a[0])),
+                    "lpad" | "rpad" if !a.is_empty() => a.get(1).and_then(int).map(|n| n * 4),
+                    "array_repeat" if a.len() == 2 => int(&a[1]).map(|n| n * 8),
+                    "range" | "generate_series" => {
+                        let (start, stop, step) = match a.len() {
+                            1 => (Some(0), int(&a[0]), Some(1)),
+                            2 => (int(&a[0]), int(&a[1]), Some(1)),
+                            3 => (int(&a[0]), int(&a[1]), int(&a[2])),
+                            _ => (None, None, None),
+                        };
+                        match (start, stop, step) {
+                            (Some(s), Some(e), Some(st)) if st != 0 => Some((e - s) / st * 8),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(b) = bytes.filter(|b| *b > max_bytes as i128) {
+                    refused = Some(format!(
+                        "{name}(...) would build about {b} bytes in one call, more than a result may hold \
+                         ({} MiB, query.max_result_mb)",
+                        max_bytes >> 20
+                    ));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    match refused {
+        Some(m) => Err(QueryError::Limit(m)),
+        None => Ok(()),
     }
 }
 

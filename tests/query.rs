@@ -644,6 +644,21 @@ async fn results_time_and_memory_are_bounded_with_the_limit_named() {
         .unwrap_err();
     assert!(err.to_string().contains("query.max_result_mb"), "{err}");
 
+    // One call that would allocate gigabytes is refused before it runs.
+    let l = limits(|_| {});
+    for sql in [
+        "select repeat('x', 2000000000)",
+        "select length(repeat('ab', 1000000000))",
+        "select lpad('x', 2000000000)",
+        "select count(*) from unnest(range(1000000000))",
+        "select count(*) from unnest(generate_series(1, 2000000000))",
+        "select array_repeat(1, 2000000000)",
+    ] {
+        let err = l.run(vec![], sql).await.expect_err(sql);
+        assert!(err.to_string().contains("query.max_result_mb"), "{sql}: {err}");
+    }
+    assert!(l.run(vec![], "select length(repeat('x', 1000))").await.is_ok());
+
     let l = limits(|c| c.timeout_seconds = 1);
     let err = l
         .run(
