@@ -3,13 +3,18 @@
 //! The modules follow the data path:
 //!
 //! ```text
-//! api ──► log ──► delivery ──► lake
-//! (front door)  (write-ahead log)  (batcher, prefixes, objects, store)
+//!  producers ──► server ──► api ──► stream ──► log ──► delivery ──► lake (local dir or S3)
+//!               (limits,   (Firehose,  (registry,  (write-ahead   (batcher, prefixes,
+//!                TLS)       S3 read,    intake)     log, group     exactly-once state,
+//!                           auth)                   commit)        objects, stores)
+//!                                                    │
+//!                                                    └──► analytics (windowed aggregates) ──► dashboard
+//!  lake ──► query (SQL, on threads of its own)
 //! ```
 //!
-//! `spec` is a delivery stream's definition, `stream` ties one stream's log
-//! and delivery together, `config` is the config file, `server` runs it all,
-//! and `client`, `generate` and `bench` are the producer side.
+//! `spec` is a delivery stream's definition, `config` the config file,
+//! `metrics` and `histogram` what Prometheus reads, and `client`,
+//! `generate` and `bench` the producer side.
 
 pub mod analytics;
 pub mod api;
