@@ -817,18 +817,20 @@ mod tests {
         let auth = Auth::new(&c, false).unwrap();
         let uri: Uri = "/-/query?format=json".parse().unwrap();
         let body = b"select 1";
-        let headers = sign(
-            "AKIAHYDRANTTEST0001",
-            "secret-secret-secret",
-            "eu-west-1",
-            "hydrant",
-            &Method::POST,
-            &uri,
-            vec![("host".into(), "127.0.0.1:4577".into())],
-            body,
-            Utc::now(),
-        );
-        let map = header_map(&headers);
+        let signed_at = |at: DateTime<Utc>| {
+            header_map(&sign(
+                "AKIAHYDRANTTEST0001",
+                "secret-secret-secret",
+                "eu-west-1",
+                "hydrant",
+                &Method::POST,
+                &uri,
+                vec![("host".into(), "127.0.0.1:4577".into())],
+                body,
+                at,
+            ))
+        };
+        let map = signed_at(Utc::now());
         assert!(auth.verify(&Method::POST, &uri, &map, Some(body), "hydrant").is_ok());
         assert_eq!(
             auth.verify(&Method::POST, &uri, &map, Some(b"select 2"), "hydrant").err(),
@@ -843,18 +845,7 @@ mod tests {
             auth.verify(&Method::POST, &uri, &map, Some(body), "firehose"),
             Err(Denied::Malformed(_))
         ));
-        let old = sign(
-            "AKIAHYDRANTTEST0001",
-            "secret-secret-secret",
-            "eu-west-1",
-            "hydrant",
-            &Method::POST,
-            &uri,
-            vec![("host".into(), "127.0.0.1:4577".into())],
-            body,
-            Utc::now() - chrono::Duration::minutes(16),
-        );
-        let map = header_map(&old);
+        let map = signed_at(Utc::now() - chrono::Duration::minutes(16));
         assert!(matches!(
             auth.verify(&Method::POST, &uri, &map, Some(body), "hydrant"),
             Err(Denied::Skewed(_))

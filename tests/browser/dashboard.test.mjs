@@ -3,13 +3,12 @@
 // notices when the server dies.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { BIN, CHROMIUM, CHROMIUM_ARGS, freePort, sleep, waitReady } from './harness.mjs';
+import { BIN, CHROMIUM, CHROMIUM_ARGS, sleep, startHydrant } from './harness.mjs';
 
 // The README's picture is made with DASHBOARD_SCREENSHOT=docs/dashboard.png.
 const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || join(tmpdir(), 'hydrant-dashboard.png');
@@ -40,18 +39,9 @@ test('the dashboard goes live, charts new windows, queries the lake and notices 
   assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: apt-get install -y chromium`);
 
   const dataDir = await mkdtemp(join(tmpdir(), 'hydrant-dashboard-'));
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}`;
-  let log = '';
-  const proc = spawn(BIN, ['demo', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--rate', '300'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const keep = (chunk) => { log = (log + chunk).slice(-8000); };
-  proc.stdout.on('data', keep);
-  proc.stderr.on('data', keep);
+  const { proc, base, output } = await startHydrant('demo', ['--data-dir', dataDir, '--rate', '300'], 20_000);
   let browser;
   try {
-    await waitReady(base, proc, () => log, 20_000);
 
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -111,7 +101,7 @@ test('the dashboard goes live, charts new windows, queries the lake and notices 
     for (const deadline = Date.now() + 30_000; ;) {
       result = await runQuery(page, EVENTS_SQL);
       if (result.state === 'ok' && result.rows.length) break;
-      if (Date.now() > deadline) throw new Error(`the events query had no rows after 30 s: ${result.status}\n${log}`);
+      if (Date.now() > deadline) throw new Error(`the events query had no rows after 30 s: ${result.status}\n${output()}`);
       await page.waitForTimeout(1000);
     }
     assert.deepEqual(await page.locator('#query-result thead th').allTextContents(), ['event_name', 'events']);

@@ -1,5 +1,6 @@
 // What the browser tests share: the hydrant binary and Chromium they use, a free
-// port, and waiting for a started hydrant to be ready.
+// port, and starting hydrant and waiting for it to be ready.
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -40,4 +41,26 @@ export async function waitReady(base, proc, output, timeoutMs) {
     await sleep(100);
   }
   throw new Error(`hydrant was not ready within ${timeoutMs} ms:\n${output()}`);
+}
+
+// Starts `hydrant <command> --listen 127.0.0.1:<free port> ...args` and waits for it to
+// be ready; `log()` is the tail of its output, for failure messages.
+export async function startHydrant(command, args, readyMs) {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  let log = '';
+  const proc = spawn(BIN, [command, '--listen', `127.0.0.1:${port}`, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const keep = (chunk) => { log = (log + chunk).slice(-8000); };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  const output = () => log;
+  try {
+    await waitReady(base, proc, output, readyMs);
+  } catch (e) {
+    proc.kill('SIGKILL');
+    throw e;
+  }
+  return { proc, base, output };
 }

@@ -5,13 +5,12 @@
 // readable by its scripts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { BIN, CHROMIUM, CHROMIUM_ARGS, freePort, waitReady } from './harness.mjs';
+import { BIN, CHROMIUM, CHROMIUM_ARGS, startHydrant } from './harness.mjs';
 
 const KEY_ID = 'AKIAHYDRANTADMIN0001';
 const SECRET = 'admin-secret-0123456789';
@@ -44,18 +43,9 @@ test('the dashboard asks for an access key, refuses a wrong secret and opens wit
       },
     }],
   }));
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}`;
-  let log = '';
-  const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--config', configFile], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const keep = (chunk) => { log = (log + chunk).slice(-8000); };
-  proc.stdout.on('data', keep);
-  proc.stderr.on('data', keep);
+  const { proc, base, output } = await startHydrant('serve', ['--data-dir', dataDir, '--config', configFile], 30_000);
   let browser;
   try {
-    await waitReady(base, proc, () => log, 30_000);
 
     browser = await chromium.launch({
       executablePath: CHROMIUM,
