@@ -7,8 +7,7 @@ import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { BIN, CHROMIUM, CHROMIUM_ARGS, sleep, startHydrant } from './harness.mjs';
+import { BIN, CHROMIUM, openPage, sleep, startHydrant } from './harness.mjs';
 
 // The README's picture is made with DASHBOARD_SCREENSHOT=docs/dashboard.png.
 const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || join(tmpdir(), 'hydrant-dashboard.png');
@@ -42,22 +41,11 @@ test('the dashboard goes live, charts new windows, queries the lake and notices 
   const { proc, base, output } = await startHydrant('demo', ['--data-dir', dataDir, '--rate', '300'], 20_000);
   let browser;
   try {
-
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-    });
-    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-    const problems = [];
     // A query the server rejects (400) is an answer the page shows, checked below, not a problem;
     // Chromium still logs it as a failed resource.
     const rejectedQuery = (url, status) => url.startsWith(`${base}/-/query`) && status === 400;
-    page.on('console', (msg) => {
-      if (msg.type() !== 'error' || rejectedQuery(msg.location().url, +msg.text().match(/status of (\d+)/)?.[1])) return;
-      problems.push(`console error: ${msg.text()}`);
-    });
-    page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+    let page, problems;
+    ({ browser, page, problems } = await openPage(rejectedQuery));
     page.on('requestfailed', (req) => {
       if (req.url().startsWith(base)) problems.push(`request failed: ${req.url()} ${req.failure()?.errorText}`);
     });

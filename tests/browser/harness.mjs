@@ -1,6 +1,7 @@
 // What the browser tests share: the hydrant binary and Chromium they use, a free
 // port, and starting hydrant and waiting for it to be ready.
 import { spawn } from 'node:child_process';
+import { chromium } from 'playwright-core';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,4 +64,19 @@ export async function startHydrant(command, args, readyMs) {
     throw e;
   }
   return { proc, base, output };
+}
+
+// Launches Chromium and opens a page whose console errors and page errors are
+// collected in `problems`, except a console error for a response `expected(url,
+// status)` says the page shows as an answer (Chromium logs those as failed resources).
+export async function openPage(expected) {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const problems = [];
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error' || expected(msg.location().url, +msg.text().match(/status of (\d+)/)?.[1])) return;
+    problems.push(`console error: ${msg.text()}`);
+  });
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  return { browser, page, problems };
 }

@@ -9,8 +9,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { BIN, CHROMIUM, CHROMIUM_ARGS, startHydrant } from './harness.mjs';
+import { BIN, CHROMIUM, openPage, startHydrant } from './harness.mjs';
 
 const KEY_ID = 'AKIAHYDRANTADMIN0001';
 const SECRET = 'admin-secret-0123456789';
@@ -46,22 +45,11 @@ test('the dashboard asks for an access key, refuses a wrong secret and opens wit
   const { proc, base, output } = await startHydrant('serve', ['--data-dir', dataDir, '--config', configFile], 30_000);
   let browser;
   try {
-
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-    });
-    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-    const problems = [];
     // The wrong secret's 401 from /-/login is an answer the page shows, checked below;
     // Chromium still logs it as a failed resource.
     const refusedLogin = (url, status) => url.startsWith(`${base}/-/login`) && status === 401;
-    page.on('console', (msg) => {
-      if (msg.type() !== 'error' || refusedLogin(msg.location().url, +msg.text().match(/status of (\d+)/)?.[1])) return;
-      problems.push(`console error: ${msg.text()}`);
-    });
-    page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+    let page, problems;
+    ({ browser, page, problems } = await openPage(refusedLogin));
     page.on('requestfailed', (req) => {
       // Leaving a page aborts its live feed; that is not a failure.
       if (req.url().startsWith(base) && req.failure()?.errorText !== 'net::ERR_ABORTED') {

@@ -196,3 +196,10 @@ def mount_tmpfs(path, size):
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def unmount_tmpfs(path):
+    """Unmounts what mount_tmpfs mounted, lazily if something still holds it."""
+    r = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

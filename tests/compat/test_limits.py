@@ -14,7 +14,7 @@ from collections import Counter
 import botocore.exceptions
 import pytest
 
-from conftest import mount_tmpfs, stream_config, wait_for
+from conftest import mount_tmpfs, stream_config, unmount_tmpfs, wait_for
 
 MIB = 1 << 20
 
@@ -206,9 +206,7 @@ def test_full_disk_refuses_with_503_and_loses_nothing(make_server, tmp_path):
     finally:
         if server is not None and server.proc is not None and server.proc.poll() is None:
             server.kill()
-        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
-        if r.returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        unmount_tmpfs(mnt)
 
 
 def test_request_limits(make_server):

@@ -39,7 +39,7 @@ from collections import Counter
 import botocore.exceptions
 import pytest
 
-from conftest import free_port, hydrant_bin, mount_tmpfs, stream_config, wait_for
+from conftest import free_port, hydrant_bin, mount_tmpfs, stream_config, unmount_tmpfs, wait_for
 
 MIB = 1 << 20
 
@@ -1009,6 +1009,4 @@ def test_create_on_a_full_disk_is_service_unavailable(make_server, tmp_path):
     finally:
         if server is not None and server.proc is not None and server.proc.poll() is None:
             server.kill()
-        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
-        if r.returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        unmount_tmpfs(mnt)
