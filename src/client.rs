@@ -145,11 +145,23 @@ impl Firehose {
     ) -> Result<Value, ClientError> {
         let body: bytes::Bytes = body.into();
         let mut headers = vec![
-            ("x-amz-target".to_string(), format!("Firehose_20150804.{op}")),
-            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+            (
+                "x-amz-target".to_string(),
+                format!("Firehose_20150804.{op}"),
+            ),
+            (
+                "content-type".to_string(),
+                "application/x-amz-json-1.1".to_string(),
+            ),
         ];
         if let Some(c) = &self.credentials {
-            headers = c.sign("firehose", &axum::http::Method::POST, &self.url, headers, &body);
+            headers = c.sign(
+                "firehose",
+                &axum::http::Method::POST,
+                &self.url,
+                headers,
+                &body,
+            );
         }
         let mut request = self.http.post(&self.url);
         for (k, v) in headers {

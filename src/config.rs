@@ -255,13 +255,19 @@ impl Config {
         }
         let h = &config.http;
         for (name, v) in [
-            ("http.header_timeout_seconds", h.header_timeout_seconds as usize),
+            (
+                "http.header_timeout_seconds",
+                h.header_timeout_seconds as usize,
+            ),
             ("http.body_timeout_seconds", h.body_timeout_seconds as usize),
             ("http.max_connections", h.max_connections),
             ("http.max_buffered_body_mb", h.max_buffered_body_mb),
             ("query.threads", config.query.threads),
             ("query.memory_mb", config.query.memory_mb),
-            ("query.timeout_seconds", config.query.timeout_seconds as usize),
+            (
+                "query.timeout_seconds",
+                config.query.timeout_seconds as usize,
+            ),
             ("query.max_result_rows", config.query.max_result_rows),
             ("query.max_result_mb", config.query.max_result_mb),
         ] {
@@ -314,7 +320,9 @@ impl Config {
                     file: file.into(),
                     index,
                     name: name.to_string(),
-                    err: format!("delivery stream {name} is declared twice (also delivery_streams[{first}])"),
+                    err: format!(
+                        "delivery stream {name} is declared twice (also delivery_streams[{first}])"
+                    ),
                 });
             }
             if let Err(e) = crate::spec::parse(s, &config.glue_tables) {

@@ -45,4 +45,3 @@ impl Histogram {
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
-

@@ -138,7 +138,13 @@ async fn query(sql: String, endpoint: String, format: QueryFormat) -> anyhow::Re
     let mut headers = vec![("content-type".to_string(), "text/plain".to_string())];
     // A hydrant with access keys takes queries signed by one (service `hydrant`).
     if let Some(c) = hydrant::client::Credentials::from_env() {
-        headers = c.sign("hydrant", &axum::http::Method::POST, &url, headers, sql.as_bytes());
+        headers = c.sign(
+            "hydrant",
+            &axum::http::Method::POST,
+            &url,
+            headers,
+            sql.as_bytes(),
+        );
     }
     let mut request = reqwest::Client::new().post(&url);
     for (k, v) in headers {

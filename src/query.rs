@@ -196,7 +196,11 @@ impl Limits {
 
     /// Runs one read-only query over `tables` on the query threads, within
     /// every limit.
-    pub async fn run(&self, tables: Vec<TableDef>, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    pub async fn run(
+        &self,
+        tables: Vec<TableDef>,
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
         if sql.len() > MAX_SQL_BYTES {
             return Err(QueryError::Limit(format!(
                 "the query is {} bytes long; at most {MAX_SQL_BYTES} (64 KiB) are taken",
@@ -385,12 +389,18 @@ impl Lake {
         let task = AbortOnDrop(tokio::spawn(async move {
             Lake { ctx }.run(&sql, usize::MAX, usize::MAX).await
         }));
-        task.await.map_err(|e| QueryError::Internal(e.to_string()))?
+        task.await
+            .map_err(|e| QueryError::Internal(e.to_string()))?
     }
 
     /// Parses, checks, plans and runs `sql`, collecting at most `max_rows`
     /// rows and `max_bytes` bytes of result.
-    async fn run(&self, sql: &str, max_rows: usize, max_bytes: usize) -> Result<Vec<RecordBatch>, QueryError> {
+    async fn run(
+        &self,
+        sql: &str,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)

@@ -164,14 +164,15 @@ async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let router = router.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let req = req.map(|b| Body::new(TimedBody::new(b, body_timeout)));
-            let mut router = router.clone();
-            async move {
-                use tower_service::Service;
-                router.call(req).await
-            }
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let req = req.map(|b| Body::new(TimedBody::new(b, body_timeout)));
+                let mut router = router.clone();
+                async move {
+                    use tower_service::Service;
+                    router.call(req).await
+                }
+            });
         match &tls {
             None => {
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
@@ -182,11 +183,14 @@ async fn serve(
                 });
             }
             Some(acceptor) => {
-                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                let (acceptor, builder, watcher) =
+                    (acceptor.clone(), builder.clone(), graceful.watcher());
                 let handshake = Duration::from_secs(http.header_timeout_seconds);
                 tokio::spawn(async move {
                     // The handshake counts against the header timeout.
-                    if let Ok(Ok(stream)) = tokio::time::timeout(handshake, acceptor.accept(socket)).await {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake, acceptor.accept(socket)).await
+                    {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn).await;
                     }
@@ -214,7 +218,10 @@ pub fn tls_acceptor(c: &crate::config::TlsConfig) -> Result<tokio_rustls::TlsAcc
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cert_file {}: {e}", c.cert_file.display()))?;
     if certs.is_empty() {
-        return Err(format!("cert_file {}: no certificate in it", c.cert_file.display()));
+        return Err(format!(
+            "cert_file {}: no certificate in it",
+            c.cert_file.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&c.key_file)
         .map_err(|e| format!("key_file {}: {e}", c.key_file.display()))?;

@@ -599,18 +599,40 @@ async fn deep_sql_is_refused_not_a_crash() {
     let l = limits(|_| {});
     let chain = |op: &str, n: usize, term: &str| vec![term; n].join(op);
     let deep: Vec<(String, &str)> = vec![
-        (format!("select {}", chain("+", 2000, "1")), "nested deeper than 128"),
-        (format!("select 1 where {}", chain(" and ", 3000, "true")), "nested deeper than 128"),
-        (format!("select 1 where {}", chain(" or ", 3000, "false")), "nested deeper than 128"),
-        (format!("select {}", chain(" || ", 3000, "'a'")), "nested deeper than 128"),
-        (format!("select {}1{}", "abs(".repeat(3000), ")".repeat(3000)), ""),
-        (format!("select {}1{}", "(".repeat(5000), ")".repeat(5000)), ""),
+        (
+            format!("select {}", chain("+", 2000, "1")),
+            "nested deeper than 128",
+        ),
+        (
+            format!("select 1 where {}", chain(" and ", 3000, "true")),
+            "nested deeper than 128",
+        ),
+        (
+            format!("select 1 where {}", chain(" or ", 3000, "false")),
+            "nested deeper than 128",
+        ),
+        (
+            format!("select {}", chain(" || ", 3000, "'a'")),
+            "nested deeper than 128",
+        ),
+        (
+            format!("select {}1{}", "abs(".repeat(3000), ")".repeat(3000)),
+            "",
+        ),
+        (
+            format!("select {}1{}", "(".repeat(5000), ")".repeat(5000)),
+            "",
+        ),
         (
             format!("select {}1{}", "(select ".repeat(200), ")".repeat(200)),
             "",
         ),
         (
-            format!("select {}1{}", "case when true then ".repeat(1000), " end".repeat(1000)),
+            format!(
+                "select {}1{}",
+                "case when true then ".repeat(1000),
+                " end".repeat(1000)
+            ),
             "",
         ),
         ("select 1 -- ".to_string() + &"x".repeat(70 << 10), "64 KiB"),
@@ -623,7 +645,10 @@ async fn deep_sql_is_refused_not_a_crash() {
         assert!(err.to_string().contains(want), "{}: {err}", &sql[..60]);
     }
     // A query of ordinary depth still runs.
-    let ok = l.run(vec![], &format!("select {}", chain("+", 100, "1"))).await.unwrap();
+    let ok = l
+        .run(vec![], &format!("select {}", chain("+", 100, "1")))
+        .await
+        .unwrap();
     assert_eq!(to_json(&ok)["rows"][0][0], json!(100));
 }
 
@@ -635,7 +660,10 @@ async fn results_time_and_memory_are_bounded_with_the_limit_named() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("query.max_result_rows"), "{err}");
-    assert!(l.run(vec![], "select * from unnest(range(1000))").await.is_ok());
+    assert!(l
+        .run(vec![], "select * from unnest(range(1000))")
+        .await
+        .is_ok());
 
     let l = limits(|c| c.max_result_mb = 1);
     let err = l
@@ -655,9 +683,15 @@ async fn results_time_and_memory_are_bounded_with_the_limit_named() {
         "select array_repeat(1, 2000000000)",
     ] {
         let err = l.run(vec![], sql).await.expect_err(sql);
-        assert!(err.to_string().contains("query.max_result_mb"), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("query.max_result_mb"),
+            "{sql}: {err}"
+        );
     }
-    assert!(l.run(vec![], "select length(repeat('x', 1000))").await.is_ok());
+    assert!(l
+        .run(vec![], "select length(repeat('x', 1000))")
+        .await
+        .is_ok());
 
     let l = limits(|c| c.timeout_seconds = 1);
     let err = l

@@ -7,11 +7,14 @@
 mod hive;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(t) = hive::HiveType::parse(text) {
         let printed = t.to_string();
-        let again = hive::HiveType::parse(&printed)
-            .unwrap_or_else(|e| panic!("{text:?} parsed, printed as {printed:?}, which fails: {e}"));
+        let again = hive::HiveType::parse(&printed).unwrap_or_else(|e| {
+            panic!("{text:?} parsed, printed as {printed:?}, which fails: {e}")
+        });
         assert_eq!(t, again, "{text:?} -> {printed:?}");
     }
 });

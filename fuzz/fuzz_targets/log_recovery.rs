@@ -25,13 +25,18 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{:020}.log", 0)), data).unwrap();
-    let opts = log::LogOptions { segment_bytes: 1 << 20, max_bytes: 1 << 30 };
+    let opts = log::LogOptions {
+        segment_bytes: 1 << 20,
+        max_bytes: 1 << 30,
+    };
     let first = {
         let l = log::Log::open(&dir, 0, opts).expect("any segment bytes open");
         let got = read_all(&l);
         let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets in order");
-        assert!(offsets.last().is_none_or(|o| *o < l.tail().borrow().next_offset));
+        assert!(offsets
+            .last()
+            .is_none_or(|o| *o < l.tail().borrow().next_offset));
         got
     };
     let l = log::Log::open(&dir, 0, opts).expect("a recovered log opens again");

@@ -8,7 +8,9 @@
 mod route;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (query, record) = text.split_once('\0').unwrap_or((text, "{}"));
     if let Ok(q) = route::PartitionQuery::parse(query) {
         if let Ok(values) = q.eval(record.as_bytes()) {

@@ -11,22 +11,36 @@ mod prefix;
 use chrono::{DateTime, Utc};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     // Prefix, ErrorOutputPrefix and a partition value, split on NUL.
     let mut parts = text.splitn(3, '\0');
-    let (p, e, v) = (parts.next().unwrap_or(""), parts.next(), parts.next().unwrap_or("v"));
+    let (p, e, v) = (
+        parts.next().unwrap_or(""),
+        parts.next(),
+        parts.next().unwrap_or("v"),
+    );
     let keys = vec!["k".to_string()];
     for keys in [None, Some(&keys[..])] {
-        let Ok((t, et)) = prefix::validate_partitioned(p, e, keys) else { continue };
+        let Ok((t, et)) = prefix::validate_partitioned(p, e, keys) else {
+            continue;
+        };
         let instant = DateTime::<Utc>::from_timestamp(data.len() as i64 * 7_919_993, 0).unwrap();
         let out = t.eval_with(instant, "abcdefghijk", None, &[("k", v)]);
         let _ = prefix::check_key(&format!("{out}x"));
         // Validation promised this: no value-free evaluation leaves the bucket.
         let plain = t.eval_with(instant, "abcdefghijk", None, &[("k", "v")]);
-        assert!(prefix::check_key(&format!("{plain}x")).is_ok(), "{p:?} validated but gives {plain:?}");
+        assert!(
+            prefix::check_key(&format!("{plain}x")).is_ok(),
+            "{p:?} validated but gives {plain:?}"
+        );
         if let Some(et) = et {
             let err = et.eval(instant, "abcdefghijk", Some("processing-failed"));
-            assert!(prefix::check_key(&format!("{err}x")).is_ok(), "{e:?} validated but gives {err:?}");
+            assert!(
+                prefix::check_key(&format!("{err}x")).is_ok(),
+                "{e:?} validated but gives {err:?}"
+            );
         }
     }
 });

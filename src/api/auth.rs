@@ -223,7 +223,10 @@ impl Auth {
                 buckets: k.buckets.clone(),
             };
             if keys.insert(key.id.clone(), key).is_some() {
-                return Err(format!("{at}: access key {} is declared twice", k.access_key_id));
+                return Err(format!(
+                    "{at}: access key {} is declared twice",
+                    k.access_key_id
+                ));
             }
         }
         let metrics_token = match (&c.metrics_token, &c.metrics_token_env) {
@@ -287,7 +290,12 @@ impl Auth {
             )));
         }
         let signed_at = NaiveDateTime::parse_from_str(&sig.amz_date, "%Y%m%dT%H%M%SZ")
-            .map_err(|_| Denied::Malformed(format!("X-Amz-Date {:?} is not YYYYMMDDTHHMMSSZ", sig.amz_date)))?
+            .map_err(|_| {
+                Denied::Malformed(format!(
+                    "X-Amz-Date {:?} is not YYYYMMDDTHHMMSSZ",
+                    sig.amz_date
+                ))
+            })?
             .and_utc();
         let now = Utc::now();
         match sig.expires {
@@ -325,7 +333,10 @@ impl Auth {
                 }
             }
         }
-        let payload = match headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
+        let payload = match headers
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok())
+        {
             _ if presigned => "UNSIGNED-PAYLOAD".to_string(),
             Some("UNSIGNED-PAYLOAD") if service == "s3" => "UNSIGNED-PAYLOAD".to_string(),
             Some(claimed) => {
@@ -337,8 +348,23 @@ impl Auth {
             }
             None => hex(&sha256(body.unwrap_or_default())),
         };
-        let canonical = canonical_request(method, uri, headers, &sig.signed_headers, &payload, service, presigned)?;
-        let expected = signature(&key.secret, &sig.amz_date, date, region, service, &canonical);
+        let canonical = canonical_request(
+            method,
+            uri,
+            headers,
+            &sig.signed_headers,
+            &payload,
+            service,
+            presigned,
+        )?;
+        let expected = signature(
+            &key.secret,
+            &sig.amz_date,
+            date,
+            region,
+            service,
+            &canonical,
+        );
         // Constant time: a timing difference must not tell how much matched.
         let given = unhex(&sig.signature).ok_or(Denied::BadSignature)?;
         let expected = unhex(&expected).expect("hex of a SHA-256");
@@ -353,10 +379,16 @@ impl Auth {
     /// by default: `AWSAccessKeyId`, `Expires` (epoch seconds) and
     /// `Signature`, a base64 HMAC-SHA1 of the method, Content-MD5,
     /// Content-Type, `Expires`, the `x-amz-` headers and the resource.
-    fn verify_v2_query(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<&Key, Denied> {
+    fn verify_v2_query(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<&Key, Denied> {
         use base64::Engine;
         let get = |k: &str| {
-            query_param(uri, k).ok_or_else(|| Denied::Malformed(format!("a presigned URL needs {k}")))
+            query_param(uri, k)
+                .ok_or_else(|| Denied::Malformed(format!("a presigned URL needs {k}")))
         };
         let key_id = get("AWSAccessKeyId")?;
         let expires = get("Expires")?;
@@ -380,14 +412,26 @@ impl Auth {
         let mut amz: Vec<(String, String)> = headers
             .iter()
             .filter(|(n, _)| n.as_str().starts_with("x-amz-"))
-            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).trim().to_string()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).trim().to_string(),
+                )
+            })
             .collect();
         amz.sort();
         // The subresources S3 signs, and the response overrides.
         const SIGNED: [&str; 10] = [
-            "acl", "location", "torrent", "versionId", "response-cache-control",
-            "response-content-disposition", "response-content-encoding",
-            "response-content-language", "response-content-type", "response-expires",
+            "acl",
+            "location",
+            "torrent",
+            "versionId",
+            "response-cache-control",
+            "response-content-disposition",
+            "response-content-encoding",
+            "response-content-language",
+            "response-content-type",
+            "response-expires",
         ];
         let mut sub: Vec<(String, Option<String>)> = uri
             .query()
@@ -438,7 +482,11 @@ impl Auth {
         let now = Instant::now();
         sessions.retain(|_, (_, until)| *until > now);
         if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions.iter().min_by_key(|(_, (_, u))| *u).map(|(t, _)| t.clone()) {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(t, _)| t.clone())
+            {
                 sessions.remove(&oldest);
             }
         }
@@ -455,7 +503,9 @@ impl Auth {
         let token = cookie(headers, COOKIE)?;
         let sessions = self.sessions.lock().unwrap();
         let (id, until) = sessions.get(token)?;
-        (*until > Instant::now()).then(|| self.keys.get(id)).flatten()
+        (*until > Instant::now())
+            .then(|| self.keys.get(id))
+            .flatten()
     }
 
     /// Does `headers` carry the metrics bearer token?
@@ -507,31 +557,45 @@ impl Signature {
             }
         }
         let get = |k: &str| {
-            parts
-                .get(k)
-                .copied()
-                .ok_or_else(|| Denied::Malformed(format!("Authorization header requires '{k}' parameter")))
+            parts.get(k).copied().ok_or_else(|| {
+                Denied::Malformed(format!("Authorization header requires '{k}' parameter"))
+            })
         };
         let amz_date = headers
             .get("x-amz-date")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Denied::Malformed("Authorization header requires existence of an 'X-Amz-Date' header".into()))?
+            .ok_or_else(|| {
+                Denied::Malformed(
+                    "Authorization header requires existence of an 'X-Amz-Date' header".into(),
+                )
+            })?
             .to_string();
-        Signature::new(get("Credential")?, get("SignedHeaders")?, get("Signature")?, amz_date, None)
+        Signature::new(
+            get("Credential")?,
+            get("SignedHeaders")?,
+            get("Signature")?,
+            amz_date,
+            None,
+        )
     }
 
     fn from_query(uri: &Uri) -> Result<Signature, Denied> {
         let get = |k: &str| {
-            query_param(uri, k).ok_or_else(|| Denied::Malformed(format!("a presigned URL needs {k}")))
+            query_param(uri, k)
+                .ok_or_else(|| Denied::Malformed(format!("a presigned URL needs {k}")))
         };
         if get("X-Amz-Algorithm")? != "AWS4-HMAC-SHA256" {
-            return Err(Denied::Malformed("X-Amz-Algorithm must be AWS4-HMAC-SHA256".into()));
+            return Err(Denied::Malformed(
+                "X-Amz-Algorithm must be AWS4-HMAC-SHA256".into(),
+            ));
         }
         let expires: i64 = get("X-Amz-Expires")?
             .parse()
             .ok()
             .filter(|e| (1..=MAX_PRESIGN_SECONDS).contains(e))
-            .ok_or_else(|| Denied::Malformed(format!("X-Amz-Expires must be 1 to {MAX_PRESIGN_SECONDS}")))?;
+            .ok_or_else(|| {
+                Denied::Malformed(format!("X-Amz-Expires must be 1 to {MAX_PRESIGN_SECONDS}"))
+            })?;
         Signature::new(
             &get("X-Amz-Credential")?,
             &get("X-Amz-SignedHeaders")?,
@@ -549,7 +613,8 @@ impl Signature {
         expires: Option<i64>,
     ) -> Result<Signature, Denied> {
         let c: Vec<&str> = credential.split('/').collect();
-        if c.len() != 5 || c[4] != "aws4_request" || c.iter().any(|p| p.is_empty() || p.len() > 128) {
+        if c.len() != 5 || c[4] != "aws4_request" || c.iter().any(|p| p.is_empty() || p.len() > 128)
+        {
             return Err(Denied::Malformed(format!(
                 "Credential {credential:?} is not KEY/YYYYMMDD/REGION/SERVICE/aws4_request"
             )));
@@ -580,7 +645,11 @@ fn canonical_request(
     presigned: bool,
 ) -> Result<String, Denied> {
     // S3 signs the path as sent; other services encode it once more.
-    let path = if uri.path().is_empty() { "/" } else { uri.path() };
+    let path = if uri.path().is_empty() {
+        "/"
+    } else {
+        uri.path()
+    };
     let path = if service == "s3" {
         path.to_string()
     } else {
@@ -610,7 +679,9 @@ fn canonical_request(
             })
             .collect();
         if values.is_empty() {
-            return Err(Denied::Malformed(format!("signed header {name:?} is missing")));
+            return Err(Denied::Malformed(format!(
+                "signed header {name:?} is missing"
+            )));
         }
         canonical_headers += &format!("{name}:{}\n", values.join(","));
     }
@@ -670,7 +741,10 @@ pub fn sign(
             map.append(k, v);
         }
     }
-    let mut signed: Vec<String> = headers.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    let mut signed: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
     signed.sort();
     signed.dedup();
     let canonical = canonical_request(method, uri, &map, &signed, &payload, service, false)
@@ -688,7 +762,9 @@ pub fn sign(
 }
 
 fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -787,7 +863,10 @@ mod tests {
             "iam",
             canonical,
         );
-        assert_eq!(sig, "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7");
+        assert_eq!(
+            sig,
+            "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+        );
     }
 
     fn header_map(headers: &[(String, String)]) -> HeaderMap {
@@ -831,14 +910,18 @@ mod tests {
             ))
         };
         let map = signed_at(Utc::now());
-        assert!(auth.verify(&Method::POST, &uri, &map, Some(body), "hydrant").is_ok());
+        assert!(auth
+            .verify(&Method::POST, &uri, &map, Some(body), "hydrant")
+            .is_ok());
         assert_eq!(
-            auth.verify(&Method::POST, &uri, &map, Some(b"select 2"), "hydrant").err(),
+            auth.verify(&Method::POST, &uri, &map, Some(b"select 2"), "hydrant")
+                .err(),
             Some(Denied::BadSignature)
         );
         let other: Uri = "/-/query?format=csv".parse().unwrap();
         assert_eq!(
-            auth.verify(&Method::POST, &other, &map, Some(body), "hydrant").err(),
+            auth.verify(&Method::POST, &other, &map, Some(body), "hydrant")
+                .err(),
             Some(Denied::BadSignature)
         );
         assert!(matches!(

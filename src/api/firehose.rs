@@ -13,8 +13,8 @@ use crate::log::{Frames, LogError};
 use crate::spec::check_stream_name;
 use crate::stream::{PutError, Stream};
 
-pub use super::wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};
 use super::wire::{frame, Field, PutRecordBatchIn, PutRecordIn, WireError};
+pub use super::wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};
 
 impl From<WireError> for ApiError {
     fn from(e: WireError) -> ApiError {
@@ -34,7 +34,10 @@ pub struct Caller<'a> {
 
 impl Caller<'_> {
     fn arn(&self, stream: &str) -> String {
-        format!("arn:aws:firehose:{}:000000000000:deliverystream/{stream}", self.region)
+        format!(
+            "arn:aws:firehose:{}:000000000000:deliverystream/{stream}",
+            self.region
+        )
     }
 
     /// Refuses an action, or an action on a stream, the key may not take.
@@ -56,7 +59,12 @@ impl Caller<'_> {
     }
 }
 
-pub async fn dispatch(app: &App, caller: &Caller<'_>, op: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn dispatch(
+    app: &App,
+    caller: &Caller<'_>,
+    op: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
     const OPS: [&str; 6] = [
         "PutRecordBatch",
         "PutRecord",
@@ -169,7 +177,11 @@ async fn put_record(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u
 /// One bad record fails alone: it gets an ErrorCode in its slot of the
 /// response and the rest of the batch is taken. Only a request that breaks
 /// the call's own limits (count, total size, syntax) fails as a whole.
-async fn put_record_batch(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+async fn put_record_batch(
+    app: &App,
+    caller: &Caller<'_>,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
     let req: PutRecordBatchIn = parse(body)?;
     let stream = stream(app, caller, "PutRecordBatch", req.name)?;
     let records = required(req.records, "Records")?;
@@ -234,7 +246,12 @@ async fn put_record_batch(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result
     Ok(out.into_bytes())
 }
 
-async fn create(app: &App, caller: &Caller<'_>, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
+async fn create(
+    app: &App,
+    caller: &Caller<'_>,
+    body: &[u8],
+    region: &str,
+) -> Result<Vec<u8>, ApiError> {
     let request: Value = parse_owned(body)?;
     if !request.is_object() {
         return Err(ApiError::serialization("the request must be a JSON object"));
@@ -258,9 +275,19 @@ struct DescribeIn {
 
 const DESTINATION_ID: &str = "destinationId-000000000001";
 
-fn describe(app: &App, caller: &Caller<'_>, body: &[u8], region: &str) -> Result<Vec<u8>, ApiError> {
+fn describe(
+    app: &App,
+    caller: &Caller<'_>,
+    body: &[u8],
+    region: &str,
+) -> Result<Vec<u8>, ApiError> {
     let req: DescribeIn = parse_owned(body)?;
-    let stream = stream(app, caller, "DescribeDeliveryStream", req.delivery_stream_name)?;
+    let stream = stream(
+        app,
+        caller,
+        "DescribeDeliveryStream",
+        req.delivery_stream_name,
+    )?;
     if let Some(l) = req.limit {
         if !(1..=10000).contains(&l) {
             return Err(ApiError::validation(format!(
@@ -305,7 +332,11 @@ fn describe(app: &App, caller: &Caller<'_>, body: &[u8], region: &str) -> Result
     // Firehose reports a destination that cannot deliver in
     // FailureDescription; the stream itself stays ACTIVE and takes puts.
     let failure = stream.delivery.problem().map(|p| {
-        let state = if p.stopped { "delivery stopped" } else { "delivery retrying" };
+        let state = if p.stopped {
+            "delivery stopped"
+        } else {
+            "delivery retrying"
+        };
         json!({ "Type": "UNKNOWN_ERROR", "Details": format!("{state}: {}", p.message) })
     });
     let mut description = json!({

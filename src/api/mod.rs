@@ -93,7 +93,11 @@ fn problems(app: &App) -> (bool, String) {
     for s in app.registry.list() {
         if let Some(p) = s.delivery.problem() {
             stopped |= p.stopped;
-            let state = if p.stopped { "delivery stopped" } else { "delivery retrying" };
+            let state = if p.stopped {
+                "delivery stopped"
+            } else {
+                "delivery retrying"
+            };
             text += &format!("stream {}: {state}: {}\n", s.spec.name, p.message);
         }
     }
@@ -107,7 +111,11 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     if app.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, format!("ready\n{text}")).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{text}")).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{text}"),
+        )
+            .into_response()
     }
 }
 
@@ -249,7 +257,10 @@ async fn own_auth(
         }
     };
     if !key.may(action) {
-        return own_error(StatusCode::FORBIDDEN, format!("access key {} may not {action}", key.id));
+        return own_error(
+            StatusCode::FORBIDDEN,
+            format!("access key {} may not {action}", key.id),
+        );
     }
     let mut req = req;
     req.extensions_mut().insert(Who(Some(key)));
@@ -259,13 +270,19 @@ async fn own_auth(
 /// A browser sends `Origin` with every cross-site request that changes
 /// something; when present it must be hydrant's own address.
 fn same_origin(headers: &HeaderMap) -> bool {
-    if headers.get("sec-fetch-site").is_some_and(|v| v == "cross-site") {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v == "cross-site")
+    {
         return false;
     }
     let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let bare = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
@@ -291,17 +308,27 @@ struct LoginIn {
 /// Logs in with an access key: sets the session cookie.
 async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     if !app.auth.enabled() {
-        return own_error(StatusCode::NOT_FOUND, "hydrant has no access keys; there is nothing to log in to".into());
+        return own_error(
+            StatusCode::NOT_FOUND,
+            "hydrant has no access keys; there is nothing to log in to".into(),
+        );
     }
     if !same_origin(&headers) {
         return own_error(StatusCode::FORBIDDEN, "cross-site login refused".into());
     }
     let Ok(req) = serde_json::from_slice::<LoginIn>(&body) else {
-        return own_error(StatusCode::BAD_REQUEST, "the body must be {\"access_key_id\": ..., \"secret_access_key\": ...}".into());
+        return own_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"access_key_id\": ..., \"secret_access_key\": ...}".into(),
+        );
     };
     match app.auth.login(&req.access_key_id, &req.secret_access_key) {
         Some(token) => {
-            let secure = if app.auth.secure_cookies { "; Secure" } else { "" };
+            let secure = if app.auth.secure_cookies {
+                "; Secure"
+            } else {
+                ""
+            };
             let cookie = format!(
                 "{}={token}; Path=/-/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}",
                 auth::COOKIE
@@ -313,7 +340,10 @@ async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             )
                 .into_response()
         }
-        None => own_error(StatusCode::UNAUTHORIZED, "unknown access key or wrong secret".into()),
+        None => own_error(
+            StatusCode::UNAUTHORIZED,
+            "unknown access key or wrong secret".into(),
+        ),
     }
 }
 
@@ -331,7 +361,13 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     }
     (
         StatusCode::OK,
-        [("set-cookie", format!("{}=; Path=/-/; HttpOnly; SameSite=Strict; Max-Age=0", auth::COOKIE))],
+        [(
+            "set-cookie",
+            format!(
+                "{}=; Path=/-/; HttpOnly; SameSite=Strict; Max-Age=0",
+                auth::COOKIE
+            ),
+        )],
         "logged out\n",
     )
         .into_response()
@@ -419,7 +455,10 @@ async fn live(State(app): State<Arc<App>>, who: axum::Extension<Who>) -> Respons
                     Err(RecvError::Closed) => return None,
                 },
             };
-            Some((Ok::<_, std::convert::Infallible>(event), (app, rx, tick, who)))
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (app, rx, tick, who),
+            ))
         },
     );
     Sse::new(events)
@@ -537,7 +576,11 @@ async fn read_body(limits: &Limits, headers: &HeaderMap, body: Body) -> Result<B
     let bytes = declared.map_or(MAX_BODY_BYTES, |n| n as usize);
     // Small bodies (a PutRecord, a Describe) are bounded by the connection
     // cap alone, so large ones can never crowd them out.
-    let kib = if bytes <= SMALL_BODY_BYTES { 0 } else { bytes.div_ceil(1024) as u32 };
+    let kib = if bytes <= SMALL_BODY_BYTES {
+        0
+    } else {
+        bytes.div_ceil(1024) as u32
+    };
     let _reserved = limits.body_budget.try_acquire_many(kib).map_err(|_| {
         ApiError::unavailable(format!(
             "hydrant is reading as many request bodies as it may hold at once ({} MiB, \

@@ -146,7 +146,10 @@ async fn authenticate(
         "s3:ListAllMyBuckets"
     } else if !key.is_empty() {
         "s3:GetObject"
-    } else if req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "location" || p.starts_with("location="))) {
+    } else if req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "location" || p.starts_with("location="))
+    }) {
         "s3:GetBucketLocation"
     } else {
         "s3:ListBucket"

@@ -74,7 +74,12 @@ impl std::fmt::Display for Field {
 /// Decodes one record's base64 straight into `frames` (no intermediate
 /// copy) and returns its decoded size. A record over the limit is measured
 /// and left out; the caller reports it.
-pub fn frame(frames: &mut Frames, arrival: i64, field: Field, r: &RecordIn) -> Result<usize, WireError> {
+pub fn frame(
+    frames: &mut Frames,
+    arrival: i64,
+    field: Field,
+    r: &RecordIn,
+) -> Result<usize, WireError> {
     let data = r
         .data
         .as_deref()

@@ -83,7 +83,11 @@ impl HiveType {
                 s.len()
             ));
         }
-        let mut p = TypeParser { s, pos: 0, depth: 0 };
+        let mut p = TypeParser {
+            s,
+            pos: 0,
+            depth: 0,
+        };
         let t = p.parse_type()?;
         p.skip_ws();
         if p.pos != s.len() {
@@ -283,7 +287,6 @@ pub(crate) fn same_name(a: &str, b: &str) -> bool {
         .eq(b.chars().flat_map(char::to_lowercase))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,7 +294,10 @@ mod tests {
     /// (type text, what it parses to, printed, or the error's text)
     const TYPES: &[(&str, Result<&str, &str>)] = &[
         ("int", Ok("int")),
-        (" struct < a : int , `b c` : array<string> > ", Ok("struct<a:int,`b c`:array<string>>")),
+        (
+            " struct < a : int , `b c` : array<string> > ",
+            Ok("struct<a:int,`b c`:array<string>>"),
+        ),
         // Whitespace of more than one byte (found by fuzzing: it split a character).
         ("\u{3000}int\u{3000}", Ok("int")),
         ("\u{3000}", Err("expected a type")),
@@ -307,7 +313,10 @@ mod tests {
             let got = HiveType::parse(text).map(|t| t.to_string());
             match want {
                 Ok(w) => assert_eq!(got.as_deref(), Ok(*w), "{text:?}"),
-                Err(w) => assert!(got.as_ref().is_err_and(|e| e.contains(w)), "{text:?}: {got:?}"),
+                Err(w) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(w)),
+                    "{text:?}: {got:?}"
+                ),
             }
         }
     }

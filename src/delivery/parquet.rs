@@ -85,7 +85,6 @@ impl HiveType {
     }
 }
 
-
 fn struct_fields(fields: &[(String, HiveType)]) -> Fields {
     fields
         .iter()

@@ -740,28 +740,90 @@ mod tests {
     /// Prefixes whose evaluation leaves the bucket or aliases another key:
     /// each is refused at create time, whichever expression produces it.
     const ESCAPES: &[(&str, &str, &str)] = &[
-        ("!{timestamp:'..'}/x/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("a/!{timestamp:'/'}b/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:'/tmp/x/'}", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:yyyy}/../../escape/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:yyyy}/!{timestamp:'..'}/!{timestamp:'..'}/escape/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:yyyy}/!{timestamp:'.'}!{timestamp:'.'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:'a\u{0}b'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:'a\u{1}b'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{timestamp:'a\\b'}/", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("!{firehose:random-string}//", "e/!{firehose:error-output-type}/", "Prefix:"),
-        ("ok/", "!{timestamp:'..'}/!{firehose:error-output-type}/", "ErrorOutputPrefix:"),
-        ("ok/", "!{timestamp:'/abs/'}!{firehose:error-output-type}/", "ErrorOutputPrefix:"),
-        ("ok/", "e/!{firehose:error-output-type}//", "ErrorOutputPrefix:"),
-        ("ok/", "e/!{firehose:error-output-type}/!{timestamp:'..'}/", "ErrorOutputPrefix:"),
+        (
+            "!{timestamp:'..'}/x/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "a/!{timestamp:'/'}b/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:'/tmp/x/'}",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:yyyy}/../../escape/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:yyyy}/!{timestamp:'..'}/!{timestamp:'..'}/escape/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:yyyy}/!{timestamp:'.'}!{timestamp:'.'}/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:'a\u{0}b'}/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:'a\u{1}b'}/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{timestamp:'a\\b'}/",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "!{firehose:random-string}//",
+            "e/!{firehose:error-output-type}/",
+            "Prefix:",
+        ),
+        (
+            "ok/",
+            "!{timestamp:'..'}/!{firehose:error-output-type}/",
+            "ErrorOutputPrefix:",
+        ),
+        (
+            "ok/",
+            "!{timestamp:'/abs/'}!{firehose:error-output-type}/",
+            "ErrorOutputPrefix:",
+        ),
+        (
+            "ok/",
+            "e/!{firehose:error-output-type}//",
+            "ErrorOutputPrefix:",
+        ),
+        (
+            "ok/",
+            "e/!{firehose:error-output-type}/!{timestamp:'..'}/",
+            "ErrorOutputPrefix:",
+        ),
     ];
 
     #[test]
     fn prefixes_that_escape_the_bucket_are_refused() {
         for (prefix, error_prefix, which) in ESCAPES {
             let err = validate(prefix, Some(error_prefix)).expect_err(prefix);
-            assert!(err.starts_with(which), "{prefix:?} / {error_prefix:?}: {err}");
-            assert!(err.contains("cannot start an object key"), "{prefix:?}: {err}");
+            assert!(
+                err.starts_with(which),
+                "{prefix:?} / {error_prefix:?}: {err}"
+            );
+            assert!(
+                err.contains("cannot start an object key"),
+                "{prefix:?}: {err}"
+            );
         }
     }
 

@@ -435,7 +435,6 @@ impl Log {
     }
 }
 
-
 struct Writer {
     shared: Arc<Shared>,
     opts: LogOptions,
@@ -786,9 +785,16 @@ mod tests {
         assert_eq!(log.tail().borrow().next_offset, 10);
         let losses = log.losses();
         assert_eq!(losses.len(), 1, "{losses:?}");
-        assert_eq!((losses[0].first_offset, losses[0].records, losses[0].exact), (4, 1, true));
+        assert_eq!(
+            (losses[0].first_offset, losses[0].records, losses[0].exact),
+            (4, 1, true)
+        );
         let q = losses[0].quarantine.clone().unwrap();
-        assert_eq!(fs::read(&q).unwrap().len(), frame, "the damaged frame is kept aside");
+        assert_eq!(
+            fs::read(&q).unwrap().len(),
+            frame,
+            "the damaged frame is kept aside"
+        );
         // Reading from inside the hole starts after it; appends go on.
         assert_eq!(read_all(&log, 4).first().map(|e| e.0), Some(5));
         assert_eq!(log.append(frames(&["next"])).await.unwrap(), 10);
@@ -822,7 +828,10 @@ mod tests {
         let want: Vec<u64> = (0..100).filter(|o| *o != bases[1]).collect();
         assert_eq!(got, want);
         let losses = log.losses();
-        assert_eq!((losses[0].first_offset, losses[0].records, losses[0].exact), (bases[1], 1, true));
+        assert_eq!(
+            (losses[0].first_offset, losses[0].records, losses[0].exact),
+            (bases[1], 1, true)
+        );
     }
 
     #[tokio::test]

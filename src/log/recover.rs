@@ -108,7 +108,11 @@ struct Damage {
 
 /// Checks one segment and repairs it if damaged. `base` is its first
 /// offset; `next_base` the next segment's (None for the last segment).
-pub(super) fn segment(dir: &Path, base: u64, next_base: Option<u64>) -> Result<Recovered, LogError> {
+pub(super) fn segment(
+    dir: &Path,
+    base: u64,
+    next_base: Option<u64>,
+) -> Result<Recovered, LogError> {
     let path = dir.join(segment_name(base));
     let buf = fs::read(&path).map_err(|e| LogError::io(&path, e))?;
     let mut damages: Vec<Damage> = Vec::new();
