@@ -203,71 +203,69 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    {
-        match cli.command {
-            Command::Serve {
-                listen,
-                data_dir,
-                config,
-                allow_unauthenticated_network,
-            } => serve(listen, data_dir, config, allow_unauthenticated_network).await,
-            Command::Query {
-                sql,
-                endpoint,
-                format,
-            } => query(sql, endpoint, format).await,
-            Command::Demo {
-                listen,
-                data_dir,
-                rate,
-                count,
-            } => demo(listen, data_dir, rate, count).await,
-            Command::Generate {
-                endpoint,
-                stream,
-                rate,
-                count,
-                batch,
-                scenario,
-            } => hydrant::generate::run(GenerateOptions {
-                scenario,
-                endpoint,
-                stream,
-                rate,
-                count,
-                batch,
-                progress: true,
-            })
-            .await
-            .map(|_| ()),
-            Command::Bench {
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+            allow_unauthenticated_network,
+        } => serve(listen, data_dir, config, allow_unauthenticated_network).await,
+        Command::Query {
+            sql,
+            endpoint,
+            format,
+        } => query(sql, endpoint, format).await,
+        Command::Demo {
+            listen,
+            data_dir,
+            rate,
+            count,
+        } => demo(listen, data_dir, rate, count).await,
+        Command::Generate {
+            endpoint,
+            stream,
+            rate,
+            count,
+            batch,
+            scenario,
+        } => hydrant::generate::run(GenerateOptions {
+            scenario,
+            endpoint,
+            stream,
+            rate,
+            count,
+            batch,
+            progress: true,
+        })
+        .await
+        .map(|_| ()),
+        Command::Bench {
+            endpoint,
+            stream,
+            concurrency,
+            batch,
+            record_size,
+            duration_seconds,
+            runs,
+            aggregates,
+            rate,
+            parquet,
+            freshness,
+        } => {
+            hydrant::bench::run(hydrant::bench::BenchOptions {
                 endpoint,
                 stream,
                 concurrency,
                 batch,
                 record_size,
-                duration_seconds,
+                duration: Duration::from_secs(duration_seconds),
                 runs,
                 aggregates,
                 rate,
                 parquet,
                 freshness,
-            } => {
-                hydrant::bench::run(hydrant::bench::BenchOptions {
-                    endpoint,
-                    stream,
-                    concurrency,
-                    batch,
-                    record_size,
-                    duration: Duration::from_secs(duration_seconds),
-                    runs,
-                    aggregates,
-                    rate,
-                    parquet,
-                    freshness,
-                })
-                .await
-            }
+            })
+            .await
         }
     }
 }
@@ -282,10 +280,6 @@ async fn serve(
         Some(path) => Config::load(&path)?,
         None => Config::default(),
     };
-    if let Some(l) = &listen {
-        l.parse::<std::net::SocketAddr>()
-            .map_err(|_| anyhow::anyhow!("--listen {l:?} is not an address like 127.0.0.1:4577"))?;
-    }
     let listen = listen
         .or(config.listen.clone())
         .unwrap_or(DEFAULT_LISTEN.into());

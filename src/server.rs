@@ -225,7 +225,7 @@ pub fn tls_acceptor(c: &crate::config::TlsConfig) -> Result<tokio_rustls::TlsAcc
     }
     let key = PrivateKeyDer::from_pem_file(&c.key_file)
         .map_err(|e| format!("key_file {}: {e}", c.key_file.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -233,7 +233,6 @@ pub fn tls_acceptor(c: &crate::config::TlsConfig) -> Result<tokio_rustls::TlsAcc
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| format!("cert_file and key_file do not make a usable pair: {e}"))?;
-    let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

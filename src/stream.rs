@@ -358,14 +358,17 @@ impl Registry {
             .map_err(|e| {
                 // A full disk is a condition to wait out, like a full log.
                 let full = e.chain().any(|c| {
-                    c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                        io.kind() == std::io::ErrorKind::StorageFull
-                            || io.raw_os_error() == Some(libc::ENOSPC)
-                    }) || matches!(c.downcast_ref::<LogError>(), Some(LogError::Io { err, .. }) if err.raw_os_error() == Some(libc::ENOSPC))
+                    let io = match c.downcast_ref::<LogError>() {
+                        Some(LogError::Io { err, .. }) => Some(err),
+                        _ => c.downcast_ref::<std::io::Error>(),
+                    };
+                    io.is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
                 });
                 let message = format!("creating delivery stream {name}: {e:#}");
                 if full {
-                    ApiError::unavailable(format!("{message}; the disk is full: free space and retry"))
+                    ApiError::unavailable(format!(
+                        "{message}; the disk is full: free space and retry"
+                    ))
                 } else {
                     ApiError::internal(message)
                 }

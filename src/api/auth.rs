@@ -809,7 +809,8 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
         .map(|(_, v)| decode(v))
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all("cookie")
         .iter()
