@@ -1,10 +1,11 @@
 //! Log recovery over arbitrary bytes: a segment holding anything opens
 //! (repairing or cutting what is damaged), reads back in offset order,
-//! keeps counting offsets, and opens again to the same records: recovery
-//! is done once and never loses what it kept.
+//! keeps counting offsets, and opens again to the same records and
+//! producers' positions: recovery is done once and never loses what it kept.
 #![no_main]
 
 #[path = "../../src/histogram.rs"]
+#[allow(dead_code)]
 mod histogram;
 #[path = "../../src/log/mod.rs"]
 #[allow(dead_code)]
@@ -29,7 +30,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         segment_bytes: 1 << 20,
         max_bytes: 1 << 30,
     };
-    let first = {
+    let producers = ["p", "aggregate/s/x"];
+    let (first, positions) = {
         let l = log::Log::open(&dir, 0, opts).expect("any segment bytes open");
         let got = read_all(&l);
         let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
@@ -37,10 +39,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert!(offsets
             .last()
             .is_none_or(|o| *o < l.tail().borrow().next_offset));
-        got
+        let positions: Vec<_> = producers.iter().map(|p| l.position(p)).collect();
+        (got, positions)
     };
     let l = log::Log::open(&dir, 0, opts).expect("a recovered log opens again");
     assert_eq!(read_all(&l), first, "a second open changes nothing");
+    let again: Vec<_> = producers.iter().map(|p| l.position(p)).collect();
+    assert_eq!(again, positions, "nor the producers' positions");
     drop(l);
     let _ = std::fs::remove_dir_all(&dir);
 });

@@ -4,6 +4,7 @@
 #![no_main]
 
 #[path = "../../src/histogram.rs"]
+#[allow(dead_code)]
 mod histogram;
 #[path = "../../src/log/mod.rs"]
 #[allow(dead_code)]

@@ -20,6 +20,20 @@
 //!
 //! A record's offset is its segment's base offset plus its index in the
 //! segment; nothing else is stored, so a frame is 16 bytes plus the data.
+//! Two kinds of frame take no data offset of their own: a *hole* (see
+//! Recovery) and a *mark* (see Producers).
+//!
+//! # Producers
+//!
+//! A producer that must not append a batch twice (an aggregate's closed
+//! windows, a change-data source's position in its database) appends with
+//! [`Log::append_marked`]: a mark frame naming the producer and its position
+//! heads the batch, in the same write and the same fsync. The batch and the
+//! position are durable together or not at all (recovery cuts a batch whose
+//! records did not all reach the disk, with its mark), so after a crash
+//! [`Log::position`] says exactly which batches are in. Positions survive
+//! the removal of their segments in `producers.json`, written before any
+//! segment is removed.
 //!
 //! # Writes and group commit
 //!
@@ -53,6 +67,12 @@
 //! record is in the lake; every segment whose records are all below it is
 //! deleted. The active segment is never deleted, so the next offset can always
 //! be recovered from the files.
+//!
+//! Other readers (aggregates) take a [`Hold`] on the records they still need,
+//! and no segment a hold covers is removed, until the log reaches its bound:
+//! the bound is for undelivered records, so then delivered segments go even
+//! if a hold covers them, and the holder's next read fails with
+//! [`LogError::Removed`], which says exactly which offsets it missed.
 //!
 //! # Limits
 //!
@@ -96,6 +116,8 @@ pub enum LogError {
     Corrupt { file: PathBuf, what: String },
     #[error("log i/o on {file}: {err}")]
     Io { file: PathBuf, err: io::Error },
+    #[error("offsets {offset}..{first} were removed before this reader read them (the log reached its bound)")]
+    Removed { offset: u64, first: u64 },
 }
 
 impl LogError {
@@ -179,8 +201,14 @@ impl Frames {
 
 struct Append {
     frames: Frames,
+    /// The mark frame that heads the batch, with its producer and position.
+    mark: Option<(Vec<u8>, String, String)>,
     reply: oneshot::Sender<Result<u64, LogError>>,
 }
+
+/// Longest producer name and position a mark holds.
+pub const MAX_PRODUCER_BYTES: usize = 256;
+pub const MAX_POSITION_BYTES: usize = 4096;
 
 /// What the log holds right now, published after every fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,13 +228,51 @@ struct Shared {
     removal: std::sync::Mutex<()>,
     /// Records that damage on disk destroyed, as found when the log opened.
     losses: std::sync::Mutex<Vec<Loss>>,
+    /// Every producer's last durable position.
+    producers: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    holds: std::sync::Mutex<Vec<std::sync::Weak<Hold>>>,
 }
 
+/// Where producers' positions outlive their segments.
+const PRODUCERS_FILE: &str = "producers.json";
+
 impl Shared {
-    fn remove_before(&self, offset: u64) -> Result<(), LogError> {
+    /// Removes the segments below `offset` that no hold needs; `force`
+    /// removes them even so (the log is at its bound).
+    fn remove_before(&self, offset: u64, force: bool) -> Result<(), LogError> {
         let _one = self.removal.lock().unwrap();
         let dir = &self.dir;
+        let held = self
+            .holds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h.upgrade())
+            .map(|h| h.at.load(Ordering::Relaxed))
+            .min();
+        let offset = match held {
+            Some(h) if !force => offset.min(h),
+            _ => offset,
+        };
         let bases = segments(dir)?;
+        if bases.len() < 2 || bases[1] > offset {
+            return Ok(());
+        }
+        // The positions the doomed segments' marks hold go to disk first.
+        let producers = self.producers.lock().unwrap().clone();
+        if !producers.is_empty() {
+            let path = dir.join(PRODUCERS_FILE);
+            let tmp = dir.join(format!("{PRODUCERS_FILE}.tmp"));
+            let json = serde_json::to_vec(&producers).expect("strings serialize");
+            (|| {
+                let mut f = File::create(&tmp)?;
+                f.write_all(&json)?;
+                f.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                sync_dir(dir)
+            })()
+            .map_err(|e| LogError::io(&path, e))?;
+        }
         let mut removed = false;
         for pair in bases.windows(2) {
             if pair[1] > offset {
@@ -263,6 +329,8 @@ enum Slot {
     Record(i64),
     /// A hole: this many offsets whose records were lost.
     Hole(u64),
+    /// A producer's mark: no offset of its own.
+    Mark,
 }
 
 /// Reads frames from a segment. Returns `Ok(None)` at a clean end of file and
@@ -289,6 +357,8 @@ fn read_frame(
             _ => Err("checksum mismatch"),
         });
     }
+    let marked = len as u32 & recover::MARK != 0;
+    let len = len & !(recover::MARK as usize);
     if len > MAX_FRAME_BYTES {
         return Ok(Err("frame length out of range"));
     }
@@ -303,6 +373,9 @@ fn read_frame(
     let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), data);
     if actual != crc {
         return Ok(Err("checksum mismatch"));
+    }
+    if marked {
+        return Ok(Ok(Some(Slot::Mark)));
     }
     Ok(Ok(Some(Slot::Record(arrival))))
 }
@@ -323,9 +396,20 @@ impl Log {
         }
         let mut losses = Vec::new();
         let mut last = None;
+        let producers_path = dir.join(PRODUCERS_FILE);
+        let mut producers: std::collections::BTreeMap<String, String> =
+            match fs::read(&producers_path) {
+                Ok(b) => serde_json::from_slice(&b).map_err(|e| LogError::Corrupt {
+                    file: producers_path.clone(),
+                    what: e.to_string(),
+                })?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
+                Err(e) => return Err(LogError::io(&producers_path, e)),
+            };
         for (i, &b) in bases.iter().enumerate() {
             let mut r = recover::segment(dir, b, bases.get(i + 1).copied())?;
             losses.append(&mut r.losses);
+            producers.extend(r.marks.drain(..));
             last = Some(r);
         }
         let recover::Recovered {
@@ -356,6 +440,8 @@ impl Log {
             delivered: AtomicU64::new(first_offset),
             removal: Default::default(),
             losses: std::sync::Mutex::new(losses),
+            producers: std::sync::Mutex::new(producers),
+            holds: Default::default(),
         });
         let (tail_tx, tail) = watch::channel(Tail { next_offset });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -384,11 +470,76 @@ impl Log {
     /// Appends framed records; resolves once they are on disk, with the offset
     /// of the first one.
     pub async fn append(&self, frames: Frames) -> Result<u64, LogError> {
+        self.send(frames, None).await
+    }
+
+    /// Appends a batch and the producer's new position as one write: after a
+    /// crash, either both are in the log or neither is. The position is the
+    /// producer's own text (at most [`MAX_POSITION_BYTES`]); [`Log::position`]
+    /// returns it. An empty batch cannot be marked.
+    pub async fn append_marked(
+        &self,
+        frames: Frames,
+        producer: &str,
+        position: &str,
+    ) -> Result<u64, LogError> {
+        let bad = |what: String| LogError::Corrupt {
+            file: self.shared.dir.clone(),
+            what,
+        };
+        if producer.is_empty() || producer.len() > MAX_PRODUCER_BYTES {
+            return Err(bad(format!(
+                "a producer name is 1 to {MAX_PRODUCER_BYTES} bytes"
+            )));
+        }
+        if position.len() > MAX_POSITION_BYTES {
+            return Err(bad(format!(
+                "a producer position is at most {MAX_POSITION_BYTES} bytes"
+            )));
+        }
+        if frames.count == 0 || frames.count > u32::MAX as u64 {
+            return Err(bad("a marked batch holds 1 to 2^32-1 records".into()));
+        }
+        let mark = recover::mark(frames.count, producer, position);
+        self.send(
+            frames,
+            Some((mark, producer.to_owned(), position.to_owned())),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        frames: Frames,
+        mark: Option<(Vec<u8>, String, String)>,
+    ) -> Result<u64, LogError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Append { frames, reply })
+            .send(Append {
+                frames,
+                mark,
+                reply,
+            })
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// A producer's last durable position: what its last marked batch said.
+    pub fn position(&self, producer: &str) -> Option<String> {
+        self.shared.producers.lock().unwrap().get(producer).cloned()
+    }
+
+    /// Keeps every record from `from` on until the hold moves past it (or
+    /// the log reaches its bound). Dropping the hold releases it.
+    pub fn hold(&self, from: u64) -> Arc<Hold> {
+        let hold = Arc::new(Hold {
+            shared: self.shared.clone(),
+            at: AtomicU64::new(from),
+        });
+        let mut holds = self.shared.holds.lock().unwrap();
+        holds.retain(|h| h.strong_count() > 0);
+        holds.push(Arc::downgrade(&hold));
+        hold
     }
 
     /// Watches the durable end of the log.
@@ -426,12 +577,28 @@ impl Log {
     /// calls this once everything below `offset` is in the lake.
     pub fn remove_before(&self, offset: u64) -> Result<(), LogError> {
         self.shared.delivered.fetch_max(offset, Ordering::Relaxed);
-        self.shared.remove_before(offset)
+        self.shared.remove_before(offset, false)
     }
 
     /// A reader positioned at `offset`.
     pub fn reader(&self, offset: u64) -> Result<LogReader, LogError> {
         LogReader::open(&self.shared.dir, offset)
+    }
+}
+
+/// A reader's claim on the records from an offset on; see [`Log::hold`].
+pub struct Hold {
+    shared: Arc<Shared>,
+    at: AtomicU64,
+}
+
+impl Hold {
+    /// The holder no longer needs the records below `offset`: segments that
+    /// delivery is done with go. Does file I/O.
+    pub fn release_before(&self, offset: u64) -> Result<(), LogError> {
+        self.at.fetch_max(offset, Ordering::Relaxed);
+        let delivered = self.shared.delivered.load(Ordering::Relaxed);
+        self.shared.remove_before(delivered, false)
     }
 }
 
@@ -470,7 +637,7 @@ impl Writer {
         }
         let mut done = Vec::with_capacity(group.len());
         for a in group.drain(..) {
-            match self.write(&a.frames) {
+            match self.write(&a.frames, a.mark.as_ref().map(|m| m.0.as_slice())) {
                 Ok(first) => done.push((a, first)),
                 Err(e) => {
                     let _ = a.reply.send(Err(e));
@@ -494,24 +661,35 @@ impl Writer {
         self.tail.send_replace(Tail {
             next_offset: self.next_offset,
         });
+        {
+            let mut producers = self.shared.producers.lock().unwrap();
+            for (a, _) in &done {
+                if let Some((_, producer, position)) = &a.mark {
+                    producers.insert(producer.clone(), position.clone());
+                }
+            }
+        }
         for (a, first) in done {
             let _ = a.reply.send(Ok(first));
         }
     }
 
-    fn write(&mut self, frames: &Frames) -> Result<u64, LogError> {
-        let add = frames.bytes() as u64;
+    fn write(&mut self, frames: &Frames, mark: Option<&[u8]>) -> Result<u64, LogError> {
+        let add = (frames.bytes() + mark.map_or(0, <[u8]>::len)) as u64;
         if self.len >= self.opts.segment_bytes {
             self.roll()?;
         }
         let mut used = self.shared.bytes_on_disk.load(Ordering::Relaxed);
         let delivered = self.shared.delivered.load(Ordering::Relaxed);
-        if used + add > self.opts.max_bytes && self.len > 0 && delivered >= self.next_offset {
-            // The bound is for undelivered records. Everything here is
-            // delivered, but delivery never removes the active segment:
-            // close it so it can go, or the log would stay full forever.
-            self.roll()?;
-            self.shared.remove_before(delivered)?;
+        if used + add > self.opts.max_bytes {
+            // The bound is for undelivered records: delivered segments go
+            // even if a reader holds them. Delivery never removes the
+            // active segment, so when everything here is delivered, close
+            // it so it can go, or the log would stay full forever.
+            if self.len > 0 && delivered >= self.next_offset {
+                self.roll()?;
+            }
+            self.shared.remove_before(delivered, true)?;
             used = self.shared.bytes_on_disk.load(Ordering::Relaxed);
         }
         if used + add > self.opts.max_bytes {
@@ -520,7 +698,14 @@ impl Writer {
                 max: self.opts.max_bytes,
             });
         }
-        if let Err(e) = self.file.write_all(&frames.buf) {
+        let written = match mark {
+            Some(m) => self
+                .file
+                .write_all(m)
+                .and_then(|()| self.file.write_all(&frames.buf)),
+            None => self.file.write_all(&frames.buf),
+        };
+        if let Err(e) = written {
             // Cut the partial write off so the next frame starts where it should.
             let _ = self.file.set_len(self.len);
             let _ = self.file.seek(SeekFrom::Start(self.len));
@@ -576,6 +761,9 @@ impl LogReader {
             data: Vec::new(),
         };
         let bases = segments(dir)?;
+        if let Some(&first) = bases.first().filter(|f| **f > offset) {
+            return Err(LogError::Removed { offset, first });
+        }
         let Some(&base) = bases.iter().rev().find(|b| **b <= offset) else {
             return Err(LogError::Corrupt {
                 file: dir.to_path_buf(),
@@ -593,6 +781,7 @@ impl LogReader {
             match r.frame()? {
                 Some(Slot::Record(_)) => at += 1,
                 Some(Slot::Hole(n)) => at += n,
+                Some(Slot::Mark) => {}
                 None => {
                     return Err(LogError::Corrupt {
                         file: dir.join(segment_name(base)),
@@ -637,6 +826,7 @@ impl LogReader {
             }
             match self.next_frame()? {
                 Slot::Hole(n) => self.next += n,
+                Slot::Mark => {}
                 Slot::Record(arrival) => {
                     let offset = self.next;
                     self.next += 1;
@@ -658,6 +848,12 @@ impl LogReader {
                 // End of this segment: the record lives in the next one.
                 let path = self.dir.join(segment_name(self.next));
                 if !path.exists() {
+                    if let Some(&first) = segments(&self.dir)?.first().filter(|f| **f > self.next) {
+                        return Err(LogError::Removed {
+                            offset: self.next,
+                            first,
+                        });
+                    }
                     return Err(LogError::Corrupt {
                         file: path,
                         what: format!("offset {} is durable but no segment holds it", self.next),
@@ -897,6 +1093,127 @@ mod tests {
         let dir = tempdir();
         let log = Log::open(&dir, 1234, opts()).unwrap();
         assert_eq!(log.append(frames(&["x"])).await.unwrap(), 1234);
+    }
+
+    #[tokio::test]
+    async fn a_marked_batch_and_its_position_are_one_write() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            log.append(frames(&["a"])).await.unwrap();
+            assert_eq!(
+                log.append_marked(frames(&["b", "c"]), "p", "1")
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert_eq!(log.position("p").as_deref(), Some("1"));
+            log.append_marked(frames(&["d", "e", "f"]), "p", "2")
+                .await
+                .unwrap();
+        }
+        // The last batch was torn after its first record: the batch and its
+        // mark go together, and the position is the one before.
+        let seg = dir.join(segment_name(0));
+        let len = fs::metadata(&seg).unwrap().len();
+        let cut = len - 2 * (FRAME_HEADER as u64 + 1);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        let got: Vec<_> = read_all(&log, 0).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(got, ["a", "b", "c"]);
+        assert_eq!(log.position("p").as_deref(), Some("1"));
+        assert_eq!(log.append(frames(&["g"])).await.unwrap(), 3);
+        assert_eq!(read_all(&log, 2).first().map(|e| e.0), Some(2));
+    }
+
+    #[tokio::test]
+    async fn corruption_inside_a_marked_batch_keeps_its_intact_records() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            log.append_marked(frames(&["b", "c", "d"]), "p", "1")
+                .await
+                .unwrap();
+        }
+        // Damage "c": "d" after it is intact, so this is corruption, not a
+        // torn write, and the batch is not cut (now or at the next open).
+        let seg = dir.join(segment_name(0));
+        let mut bytes = fs::read(&seg).unwrap();
+        let c_data = bytes.len() - (FRAME_HEADER + 1) - 1;
+        bytes[c_data] ^= 0x01;
+        fs::write(&seg, &bytes).unwrap();
+        for _ in 0..2 {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            let got: Vec<_> = read_all(&log, 0).into_iter().map(|(o, s)| (o, s)).collect();
+            assert_eq!(got, [(0, "b".to_string()), (2, "d".to_string())]);
+            assert_eq!(log.position("p").as_deref(), Some("1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn positions_outlive_their_segments() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            for i in 0..60 {
+                log.append_marked(frames(&[&format!("{i:0>50}")]), "agg", &i.to_string())
+                    .await
+                    .unwrap();
+            }
+            log.append(frames(&["last"])).await.unwrap();
+            log.remove_before(61).unwrap();
+            assert_eq!(segments(&dir).unwrap().len(), 1);
+        }
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(log.position("agg").as_deref(), Some("59"));
+        assert_eq!(log.position("other"), None);
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_segments_until_the_bound() {
+        let dir = tempdir();
+        let log = Log::open(
+            &dir,
+            0,
+            LogOptions {
+                segment_bytes: 200,
+                max_bytes: 1000,
+            },
+        )
+        .unwrap();
+        let hold = log.hold(0);
+        for i in 0..8 {
+            log.append(frames(&[&format!("{i:0>80}")])).await.unwrap();
+        }
+        log.remove_before(8).unwrap();
+        assert_eq!(
+            read_all(&log, 0).len(),
+            8,
+            "delivery does not remove held records"
+        );
+        hold.release_before(3).unwrap();
+        assert_eq!(log.first_offset().unwrap(), 3, "the segment below 3 goes");
+        // At the bound, delivered records go even though they are held, and
+        // the holder learns exactly what it missed.
+        for i in 8..14 {
+            log.append(frames(&[&format!("{i:0>80}")])).await.unwrap();
+            log.remove_before(i + 1).unwrap();
+        }
+        let first = log.first_offset().unwrap();
+        assert!(first > 3, "{first}");
+        match log.reader(3) {
+            Err(LogError::Removed {
+                offset: 3,
+                first: f,
+            }) => assert_eq!(f, first),
+            other => panic!("{:?}", other.err()),
+        }
+        drop(hold);
     }
 
     pub(crate) fn tempdir() -> PathBuf {

@@ -38,6 +38,39 @@ const RESYNC_MAX_LEN: usize = 1 << 20;
 /// The top bit of a frame's length field marks a hole.
 pub(super) const HOLE: u32 = 1 << 31;
 
+/// The next bit marks a producer's mark: a frame that takes no offset and
+/// heads a batch of records appended with [`super::Log::append_marked`].
+/// Its data is the batch's record count (u32), the producer's name length
+/// (u16), the name and the position, so the batch and the position it
+/// records are one write: recovery cuts a batch whose records did not all
+/// reach the disk together with its mark.
+pub(super) const MARK: u32 = 1 << 30;
+
+/// A mark frame for a batch of `records` records.
+pub(super) fn mark(records: u64, producer: &str, position: &str) -> Vec<u8> {
+    let mut data = Vec::with_capacity(6 + producer.len() + position.len());
+    data.extend_from_slice(&(records as u32).to_le_bytes());
+    data.extend_from_slice(&(producer.len() as u16).to_le_bytes());
+    data.extend_from_slice(producer.as_bytes());
+    data.extend_from_slice(position.as_bytes());
+    let mut f = Vec::with_capacity(FRAME_HEADER + data.len());
+    f.extend_from_slice(&(MARK | data.len() as u32).to_le_bytes());
+    f.extend_from_slice(&[0; 12]);
+    f.extend_from_slice(&data);
+    let crc = crc32c::crc32c(&f[8..]);
+    f[4..8].copy_from_slice(&crc.to_le_bytes());
+    f
+}
+
+/// A mark's record count, producer and position.
+pub(super) fn parse_mark(data: &[u8]) -> Option<(u64, &str, &str)> {
+    let records = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) as u64;
+    let n = u16::from_le_bytes(data.get(4..6)?.try_into().ok()?) as usize;
+    let producer = std::str::from_utf8(data.get(6..6 + n)?).ok()?;
+    let position = std::str::from_utf8(&data[6 + n..]).ok()?;
+    (records > 0).then_some((records, producer, position))
+}
+
 /// Records that damage on disk destroyed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Loss {
@@ -56,6 +89,8 @@ pub struct Loss {
 pub(super) enum Frame {
     Record,
     Hole(u64),
+    /// A producer's mark heading this many records.
+    Mark(u64),
 }
 
 /// Parses the frame at `buf[pos..]`: its kind and its length in bytes, or
@@ -69,13 +104,21 @@ pub(super) fn frame_at(buf: &[u8], pos: usize, max_len: usize) -> Option<(Frame,
         return (n > 0 && crc == crc32c::crc32c(&header[8..16]))
             .then_some((Frame::Hole(n), FRAME_HEADER));
     }
-    let len = len as usize;
+    let marked = len & MARK != 0;
+    let len = (len & !MARK) as usize;
     if len > max_len {
         return None;
     }
     let data = buf.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len)?;
     let actual = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), data);
-    (actual == crc).then_some((Frame::Record, FRAME_HEADER + len))
+    if actual != crc {
+        return None;
+    }
+    if marked {
+        let (records, _, _) = parse_mark(data)?;
+        return Some((Frame::Mark(records), FRAME_HEADER + len));
+    }
+    Some((Frame::Record, FRAME_HEADER + len))
 }
 
 /// A hole frame standing for `n` lost records.
@@ -94,6 +137,8 @@ pub(super) struct Recovered {
     /// Its length after recovery.
     pub len: u64,
     pub losses: Vec<Loss>,
+    /// The (producer, position) of every mark kept, in order.
+    pub marks: Vec<(String, String)>,
 }
 
 /// A damaged run `[from, to)` of a segment and the records it held.
@@ -118,14 +163,33 @@ pub(super) fn segment(
     let mut damages: Vec<Damage> = Vec::new();
     let mut holes: Vec<(u64, u64)> = Vec::new();
     let (mut pos, mut count, mut end) = (0usize, 0u64, buf.len());
+    // Marks found (position in the file, producer, position), and the
+    // batch being read: its mark's place, the offsets before it, and how
+    // many of its records are still to come.
+    let mut marks: Vec<(usize, String, String)> = Vec::new();
+    let mut batch: Option<(usize, u64, u64)> = None;
     while pos < buf.len() {
         if let Some((frame, n)) = frame_at(&buf, pos, MAX_FRAME_BYTES) {
-            match frame {
-                Frame::Record => count += 1,
+            let taken = match frame {
+                Frame::Record => 1,
                 Frame::Hole(k) => {
                     holes.push((count, k));
-                    count += k;
+                    k
                 }
+                Frame::Mark(records) => {
+                    let data = &buf[pos + FRAME_HEADER..pos + n];
+                    let (_, producer, position) = parse_mark(data).expect("frame_at parsed it");
+                    marks.push((pos, producer.to_owned(), position.to_owned()));
+                    batch = Some((pos, count, records));
+                    0
+                }
+            };
+            count += taken;
+            if let Some((_, _, left)) = &mut batch {
+                *left = left.saturating_sub(taken);
+            }
+            if batch.is_some_and(|b| b.2 == 0) {
+                batch = None;
             }
             pos += n;
             continue;
@@ -154,6 +218,21 @@ pub(super) fn segment(
             }
         }
     }
+    // A marked batch is one write: if the last segment ends before all its
+    // records, the write did not complete and the batch goes with its mark.
+    // Not if damage or a hole lies inside it: that is corruption, whose
+    // intact records stay.
+    if let (None, Some((at, before, _))) = (next_base, batch) {
+        if damages.iter().all(|d| d.to <= at) && holes.iter().all(|&(o, _)| o < before) {
+            end = at;
+            count = before;
+        }
+    }
+    let marks: Vec<(String, String)> = marks
+        .into_iter()
+        .filter(|m| m.0 < end)
+        .map(|(_, p, v)| (p, v))
+        .collect();
     // A sealed segment knows how many offsets it covers: whatever the
     // damage hid is the difference, exactly.
     if let (Some(next), Some(last)) = (next_base, damages.last_mut()) {
@@ -199,6 +278,7 @@ pub(super) fn segment(
             count,
             len: end as u64,
             losses,
+            marks,
         });
     }
     // Quarantine each damaged run, then rewrite the segment with holes.
@@ -240,6 +320,7 @@ pub(super) fn segment(
         count,
         len: repaired.len() as u64,
         losses,
+        marks,
     })
 }
 
@@ -249,7 +330,7 @@ fn chained(buf: &[u8], from: usize, to: usize) -> Option<u64> {
     let (mut at, mut n) = (from, 0u64);
     while at < to {
         let len = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().unwrap());
-        if len & HOLE != 0 || len as usize > MAX_FRAME_BYTES {
+        if len & (HOLE | MARK) != 0 || len as usize > MAX_FRAME_BYTES {
             return None;
         }
         at += FRAME_HEADER + len as usize;
