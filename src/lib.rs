@@ -8,7 +8,9 @@
 //!                TLS)       S3 read,    intake)     log, group     exactly-once state,
 //!                           auth)                   commit)        objects, stores)
 //!                                                    │
-//!                                                    └──► analytics (windowed aggregates) ──► dashboard
+//!                                                    └──► analytics (windowed aggregates, ──► dashboard
+//!                                                          state saved with its log offset;
+//!                                                          closed windows ──► stream, once)
 //!  lake ──► query (SQL, on threads of its own)
 //! ```
 //!

@@ -83,6 +83,11 @@ pub enum PutError {
 }
 
 impl Stream {
+    /// `<data-dir>/streams/<name>/`, where the stream keeps its state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn arn(&self, region: &str) -> String {
         format!(
             "arn:aws:firehose:{region}:000000000000:deliverystream/{}",
@@ -101,6 +106,27 @@ impl Stream {
     /// that hangs up mid-request): records that reach the log are delivered,
     /// so they are counted too, and the gate stays held until they are in.
     pub async fn put(self: &Arc<Self>, frames: Frames) -> Result<u64, PutError> {
+        self.put_as(frames, None).await
+    }
+
+    /// [`Stream::put`] for a producer that must not append a batch twice:
+    /// the batch and the producer's new position are durable together (see
+    /// `log`'s Producers), and [`Log::position`] tells where it got to.
+    pub async fn put_marked(
+        self: &Arc<Self>,
+        frames: Frames,
+        producer: &str,
+        position: &str,
+    ) -> Result<u64, PutError> {
+        self.put_as(frames, Some((producer.to_owned(), position.to_owned())))
+            .await
+    }
+
+    async fn put_as(
+        self: &Arc<Self>,
+        frames: Frames,
+        mark: Option<(String, String)>,
+    ) -> Result<u64, PutError> {
         let open = self.gate.clone().read_owned().await;
         if !*open {
             return Err(PutError::Closed);
@@ -109,7 +135,13 @@ impl Stream {
         let append = tokio::spawn(async move {
             let _open = open;
             let (n, bytes) = (frames.count(), frames.bytes());
-            let first = stream.log.append(frames).await.map_err(PutError::Log)?;
+            let first = match &mark {
+                Some((producer, position)) => {
+                    stream.log.append_marked(frames, producer, position).await
+                }
+                None => stream.log.append(frames).await,
+            }
+            .map_err(PutError::Log)?;
             stream.intake.records.fetch_add(n, Ordering::Relaxed);
             stream.intake.bytes.fetch_add(
                 (bytes - n as usize * crate::log::FRAME_HEADER) as u64,

@@ -62,6 +62,10 @@ pub struct WindowResult {
     pub measures: Map<String, Value>,
     /// False while records can still change it.
     pub closed: bool,
+    /// True when records that belonged to it were lost before the aggregate
+    /// read them (see [`Aggregator::mark_gap`]): its measures undercount.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 impl WindowResult {
@@ -73,6 +77,9 @@ impl WindowResult {
         obj.insert("window_end".into(), self.end.clone().into());
         obj.extend(self.group.clone());
         obj.extend(self.measures.clone());
+        if self.incomplete {
+            obj.insert("window_incomplete".into(), true.into());
+        }
         Value::Object(obj).to_string().into_bytes()
     }
 }
@@ -100,12 +107,14 @@ struct Row {
     inputs: Vec<Input>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Session {
     start: i64,
     last: i64,
     cell: Cell,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SessionGroup {
     open: Vec<Session>,
     /// End of this group's newest closed session: records before it would reopen closed state.
@@ -121,8 +130,8 @@ pub struct Aggregator {
     sessions: HashMap<String, SessionGroup>,
     /// (end, group key, start) of every open session, so closing need not scan all groups.
     session_ends: BTreeSet<(i64, String, i64)>,
-    /// Retained closed results by (end, start, group key); ordered by end for pruning.
-    closed: BTreeMap<(i64, i64, String), WindowResult>,
+    /// Retained closed windows by (end, start, group key); ordered by end for pruning.
+    closed: BTreeMap<(i64, i64, String), Cell>,
     /// Keys into `closed` not yet returned by `advance`.
     pending: Vec<(i64, i64, String)>,
     /// (start, end, group key) of windows changed since the last `take_updates`.
@@ -130,6 +139,27 @@ pub struct Aggregator {
     late: u64,
     overflow: u64,
     invalid: BTreeMap<&'static str, u64>,
+    /// With an output stream: every closed window ending at or before this
+    /// has been sent, and later ones are kept until they are.
+    sent_through: Option<i64>,
+    /// Records were lost at a gap: windows starting before the first record
+    /// read after it (`None` while none has been) are incomplete.
+    gap: Option<Option<i64>>,
+}
+
+/// Everything an [`Aggregator`] needs to go on where it was: what it saves
+/// with the log offset it covers (see `live`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct State {
+    watermark: Option<i64>,
+    fixed: Vec<(i64, Vec<(String, Cell)>)>,
+    sessions: Vec<(String, SessionGroup)>,
+    closed: Vec<((i64, i64, String), Cell)>,
+    pending: Vec<(i64, i64, String)>,
+    late: u64,
+    overflow: u64,
+    invalid: BTreeMap<String, u64>,
+    gap: Option<Option<i64>>,
 }
 
 impl fmt::Debug for Aggregator {
@@ -161,7 +191,163 @@ impl Aggregator {
             late: 0,
             overflow: 0,
             invalid: BTreeMap::new(),
+            sent_through: None,
+            gap: None,
         })
+    }
+
+    /// The state to save; see [`Aggregator::restore`].
+    pub fn state(&self) -> State {
+        State {
+            watermark: self.watermark,
+            fixed: self
+                .fixed
+                .iter()
+                .map(|(s, w)| (*s, w.iter().map(|(k, c)| (k.clone(), c.clone())).collect()))
+                .collect(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(k, g)| {
+                    let open = g
+                        .open
+                        .iter()
+                        .map(|s| Session {
+                            start: s.start,
+                            last: s.last,
+                            cell: s.cell.clone(),
+                        })
+                        .collect();
+                    (
+                        k.clone(),
+                        SessionGroup {
+                            open,
+                            closed_until: g.closed_until,
+                        },
+                    )
+                })
+                .collect(),
+            closed: self
+                .closed
+                .iter()
+                .map(|(k, c)| (k.clone(), c.clone()))
+                .collect(),
+            pending: self.pending.clone(),
+            late: self.late,
+            overflow: self.overflow,
+            invalid: self
+                .invalid
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            gap: self.gap,
+        }
+    }
+
+    /// Goes on from a saved state. Err if the state does not fit this
+    /// aggregate's measures, groups or window kind (its config changed).
+    pub fn restore(&mut self, state: State) -> Result<(), String> {
+        let (groups, measures) = (self.plan.groups.len(), &self.plan.measures);
+        let cells = state
+            .fixed
+            .iter()
+            .flat_map(|(_, w)| w.iter().map(|(_, c)| c))
+            .chain(state.closed.iter().map(|(_, c)| c))
+            .chain(
+                state
+                    .sessions
+                    .iter()
+                    .flat_map(|(_, g)| g.open.iter().map(|s| &s.cell)),
+            );
+        for c in cells {
+            if !c.fits(groups, measures) {
+                return Err("the saved windows do not fit the aggregate's measures".into());
+            }
+        }
+        let session = matches!(self.plan.kind, WindowKind::Session { .. });
+        if session && !state.fixed.is_empty() || !session && !state.sessions.is_empty() {
+            return Err("the saved windows are of another window type".into());
+        }
+        let reasons = [
+            InvalidReason::NotJsonObject,
+            InvalidReason::MissingTime,
+            InvalidReason::BadTime,
+            InvalidReason::NonNumericMeasure,
+        ];
+        let mut invalid = BTreeMap::new();
+        for (k, v) in state.invalid {
+            let r = reasons
+                .iter()
+                .find(|r| r.as_str() == k)
+                .ok_or_else(|| format!("unknown invalid reason {k:?}"))?;
+            invalid.insert(r.as_str(), v);
+        }
+        self.watermark = state.watermark;
+        self.fixed = state
+            .fixed
+            .into_iter()
+            .map(|(s, w)| (s, w.into_iter().collect()))
+            .collect();
+        self.session_ends.clear();
+        if let WindowKind::Session { gap_ms } = self.plan.kind {
+            for (key, g) in &state.sessions {
+                for s in &g.open {
+                    self.session_ends
+                        .insert((s.last + gap_ms, key.clone(), s.start));
+                }
+            }
+        }
+        self.sessions = state.sessions.into_iter().collect();
+        self.closed = state.closed.into_iter().collect();
+        self.pending = state.pending;
+        self.late = state.late;
+        self.overflow = state.overflow;
+        self.invalid = invalid;
+        self.gap = state.gap;
+        self.dirty.clear();
+        Ok(())
+    }
+
+    /// Records this aggregate should have read were lost: every window open
+    /// now, and every window starting before the next record read, is
+    /// marked incomplete.
+    pub fn mark_gap(&mut self) {
+        for w in self.fixed.values_mut() {
+            w.values_mut().for_each(|c| c.incomplete = true);
+        }
+        for g in self.sessions.values_mut() {
+            g.open.iter_mut().for_each(|s| s.cell.incomplete = true);
+        }
+        self.gap = Some(None);
+    }
+
+    /// Starts sending closed windows to an output stream, which already
+    /// holds every one ending at or before `through`. Closed windows are
+    /// kept, past the horizon if need be, until [`Aggregator::mark_sent`].
+    pub fn send_from(&mut self, through: Option<i64>) {
+        self.sent_through = Some(through.unwrap_or(i64::MIN));
+    }
+
+    /// Closed windows not yet sent, by end; and the end to pass to
+    /// [`Aggregator::mark_sent`] once they are.
+    pub fn unsent(&self) -> (Vec<WindowResult>, Option<i64>) {
+        let Some(through) = self.sent_through else {
+            return (Vec::new(), None);
+        };
+        let windows: Vec<WindowResult> = self
+            .closed
+            .range((through.saturating_add(1), i64::MIN, String::new())..)
+            .map(|((end, start, _), c)| self.render(*start, *end, c, true))
+            .collect();
+        let last = windows.last().map(|w| w.end_ms);
+        (windows, last)
+    }
+
+    /// Every closed window ending at or before `through` is in the output stream.
+    pub fn mark_sent(&mut self, through: i64) {
+        if let Some(t) = &mut self.sent_through {
+            *t = (*t).max(through);
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -189,6 +375,9 @@ impl Aggregator {
                 return Ingested::Invalid(reason);
             }
         };
+        if let Some(first) = &mut self.gap {
+            first.get_or_insert(row.t);
+        }
         let outcome = match self.plan.kind {
             WindowKind::Fixed { size_ms, slide_ms } => self.add_fixed(&row, size_ms, slide_ms),
             WindowKind::Session { gap_ms } => self.add_session(&row, gap_ms),
@@ -215,10 +404,15 @@ impl Aggregator {
         keys.sort();
         let closed: Vec<WindowResult> = keys
             .iter()
-            .filter_map(|k| self.closed.get(k).cloned())
+            .filter_map(|k| {
+                let (end, start, _) = k;
+                self.closed
+                    .get(k)
+                    .map(|c| self.render(*start, *end, c, true))
+            })
             .collect();
         if let Some(wm) = self.watermark {
-            let cutoff = wm - self.plan.horizon_ms;
+            let cutoff = (wm - self.plan.horizon_ms).min(self.sent_through.unwrap_or(i64::MAX));
             self.closed = self
                 .closed
                 .split_off(&(cutoff + 1, i64::MIN, String::new()));
@@ -257,8 +451,8 @@ impl Aggregator {
                 }
             }
         }
-        for ((end, start, key), r) in &self.closed {
-            rows.push(((*start, key, *end), r.clone()));
+        for ((end, start, key), c) in &self.closed {
+            rows.push(((*start, key, *end), self.render(*start, *end, c, true)));
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
@@ -314,8 +508,18 @@ impl Aggregator {
         })
     }
 
+    /// Windows starting before this may miss records lost at a gap.
+    fn complete_from(&self) -> i64 {
+        match self.gap {
+            None => i64::MIN,
+            Some(None) => i64::MAX,
+            Some(Some(t)) => t,
+        }
+    }
+
     fn add_fixed(&mut self, row: &Row, size: i64, slide: i64) -> Ingested {
         let wm = self.watermark.unwrap_or(i64::MIN);
+        let complete_from = self.complete_from();
         let newest = row.t.div_euclid(slide) * slide;
         // Starts descend, so ends do too: stop at the first window that misses t or has closed.
         let starts: Vec<i64> = std::iter::successors(Some(newest), |s| Some(s - slide))
@@ -335,7 +539,9 @@ impl Aggregator {
                     continue;
                 }
                 hash_map::Entry::Vacant(e) => {
-                    e.insert(Cell::new(row.group.clone(), &self.plan.measures))
+                    let mut cell = Cell::new(row.group.clone(), &self.plan.measures);
+                    cell.incomplete = start < complete_from;
+                    e.insert(cell)
                 }
             };
             cell.add(&row.inputs);
@@ -351,6 +557,7 @@ impl Aggregator {
         if t + gap <= wm || t < closed_until {
             return Ingested::Late;
         }
+        let complete_from = self.complete_from();
         let touches = |s: &Session| s.start < t + gap && t < s.last + gap;
         let group = self
             .sessions
@@ -379,6 +586,7 @@ impl Aggregator {
             merged.last = merged.last.max(s.last);
             merged.cell.merge(&s.cell);
         }
+        merged.cell.incomplete |= merged.start < complete_from;
         merged.cell.add(&row.inputs);
         let end = merged.last + gap;
         self.session_ends.insert((end, key.clone(), merged.start));
@@ -400,7 +608,7 @@ impl Aggregator {
                         break;
                     }
                     for (key, cell) in entry.remove() {
-                        self.close(start, start + size_ms, key, &cell);
+                        self.close(start, start + size_ms, key, cell);
                     }
                 }
             }
@@ -418,16 +626,15 @@ impl Aggregator {
                     };
                     let session = group.open.swap_remove(i);
                     group.closed_until = group.closed_until.max(end);
-                    self.close(start, end, key, &session.cell);
+                    self.close(start, end, key, session.cell);
                 }
             }
         }
     }
 
-    fn close(&mut self, start: i64, end: i64, key: String, cell: &Cell) {
-        let result = self.render(start, end, cell, true);
+    fn close(&mut self, start: i64, end: i64, key: String, cell: Cell) {
         self.pending.push((end, start, key.clone()));
-        self.closed.insert((end, start, key), result);
+        self.closed.insert((end, start, key), cell);
     }
 
     /// The present state of a window, open or retained closed.
@@ -446,7 +653,10 @@ impl Aggregator {
         };
         match open {
             Some(cell) => Some(self.render(*start, *end, cell, false)),
-            None => self.closed.get(&(*end, *start, key.clone())).cloned(),
+            None => self
+                .closed
+                .get(&(*end, *start, key.clone()))
+                .map(|c| self.render(*start, *end, c, true)),
         }
     }
 
@@ -472,6 +682,7 @@ impl Aggregator {
                 .zip(cell.values())
                 .collect(),
             closed,
+            incomplete: cell.incomplete,
         }
     }
 }

@@ -30,6 +30,30 @@ impl Default for HyperLogLog {
     }
 }
 
+/// A sketch is saved as its registers in base64.
+impl serde::Serialize for HyperLogLog {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.registers))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HyperLogLog {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        let registers = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)?;
+        if registers.len() != REGISTERS || registers.iter().any(|&r| r > 64 - PRECISION as u8 + 1) {
+            return Err(serde::de::Error::custom("not a HyperLogLog sketch"));
+        }
+        Ok(Self {
+            registers: registers.into_boxed_slice(),
+        })
+    }
+}
+
 impl HyperLogLog {
     pub fn insert_hash(&mut self, hash: u64) {
         let index = (hash >> (64 - PRECISION)) as usize;

@@ -6,8 +6,10 @@
 //! [`WindowResult::to_json_record`]). [`Aggregator::snapshot`] shows everything queryable and
 //! [`Aggregator::take_updates`] drains what changed, for a live feed.
 //!
-//! This is not a query engine (no ad-hoc queries, joins or filters), keeps nothing on disk
-//! (state is lost on restart) and does no locking: the caller serialises access.
+//! This is not a query engine (no ad-hoc queries, joins or filters) and does no locking: the
+//! caller serialises access. [`Aggregator::state`] and [`Aggregator::restore`] save and restore
+//! everything it holds; `live` saves it with the log offset it covers, so that a restart goes
+//! on where it was, and sends closed windows to an output stream exactly once.
 //!
 //! # Time
 //! A record's time is its arrival time (the default) or a field in one of three formats:
@@ -84,7 +86,7 @@ pub const MAX_DURATION_SECONDS: u64 = 10 * 365 * 86_400;
 /// Most hopping windows one record may fall into (`size_seconds / slide_seconds`, rounded up).
 pub const MAX_WINDOWS_PER_RECORD: u64 = 1000;
 /// Output names the flat record form ([`WindowResult::to_json_record`]) uses itself.
-const RESERVED_NAMES: [&str; 2] = ["window_start", "window_end"];
+const RESERVED_NAMES: [&str; 3] = ["window_start", "window_end", "window_incomplete"];
 
 /// One continuous aggregate: an entry of a stream's `aggregates:` list.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -677,3 +677,158 @@ fn approx_distinct_tracks_large_cardinalities_per_window() {
         .unwrap();
     assert!(est.abs_diff(10_000) <= 490, "estimate {est}");
 }
+
+/// Every kind of window and measure, fed in two halves with a save and a
+/// restore between them, ends exactly as one uninterrupted run.
+#[test]
+fn a_restored_state_goes_on_exactly_as_an_uninterrupted_one() {
+    let measures = json!({"group_by": ["g"], "allowed_lateness_seconds": 5, "measures": [
+        {"op": "sum", "field": "v"}, {"op": "avg", "field": "v"}, {"op": "min", "field": "v"},
+        {"op": "max", "field": "v"}, {"op": "count"}, {"op": "approx_distinct", "field": "u"}]});
+    let windows = [
+        tumbling(10),
+        json!({"type": "hopping", "size_seconds": 30, "slide_seconds": 10}),
+        json!({"type": "session", "gap_seconds": 7}),
+    ];
+    let records: Vec<String> = (0..400)
+        .map(|i| {
+            // Bursts of 50 records (20 s quiet between them, so sessions close),
+            // jitter inside the lateness, and every 53rd record late.
+            let ts = i / 3 + i / 50 * 20 + (i * 7919 % 9) - 4 - if i % 53 == 0 { 40 } else { 0 };
+            let v = if i % 41 == 0 {
+                "null".to_string()
+            } else {
+                format!("{}.{:02}", i * 31 % 997, i % 100)
+            };
+            if i % 67 == 0 {
+                format!(r#"{{"ts":"bad","g":{},"v":{v},"u":{}}}"#, i % 3, i % 17)
+            } else {
+                format!(r#"{{"ts":{ts},"g":{},"v":{v},"u":{}}}"#, i % 3, i % 17)
+            }
+        })
+        .collect();
+    for window in windows {
+        let config: AggregateConfig =
+            serde_json::from_value(cfg(window.clone(), measures.clone())).unwrap();
+        let mut plain = Aggregator::new(config.clone()).unwrap();
+        let mut closed_plain = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            plain.ingest(r.as_bytes(), 0);
+            if i % 50 == 49 {
+                closed_plain.extend(plain.advance(0));
+            }
+        }
+        closed_plain.extend(plain.advance(0));
+
+        let mut first = Aggregator::new(config.clone()).unwrap();
+        let mut closed = Vec::new();
+        for (i, r) in records[..230].iter().enumerate() {
+            first.ingest(r.as_bytes(), 0);
+            if i % 50 == 49 {
+                closed.extend(first.advance(0));
+            }
+        }
+        let saved = serde_json::to_string(&first.state()).unwrap();
+        let mut second = Aggregator::new(config).unwrap();
+        second
+            .restore(serde_json::from_str(&saved).unwrap())
+            .unwrap();
+        for (i, r) in records[230..].iter().enumerate() {
+            second.ingest(r.as_bytes(), 0);
+            if (i + 230) % 50 == 49 {
+                closed.extend(second.advance(0));
+            }
+        }
+        closed.extend(second.advance(0));
+        let text = |s: crate::analytics::Snapshot| serde_json::to_string(&s).unwrap();
+        assert_eq!(text(second.snapshot()), text(plain.snapshot()), "{window}");
+        assert_eq!(closed, closed_plain, "{window}");
+        assert!(closed.len() > 10, "{window}: {}", closed.len());
+        assert!(plain.snapshot().late_count > 0, "{window}");
+    }
+}
+
+#[test]
+fn a_state_from_another_config_is_refused() {
+    let a: AggregateConfig = serde_json::from_value(cfg(
+        tumbling(10),
+        json!({"measures": [{"op": "sum", "field": "v"}]}),
+    ))
+    .unwrap();
+    let b: AggregateConfig =
+        serde_json::from_value(cfg(tumbling(10), json!({"measures": [{"op": "count"}]}))).unwrap();
+    let c: AggregateConfig = serde_json::from_value(cfg(
+        json!({"type": "session", "gap_seconds": 7}),
+        json!({"measures": [{"op": "sum", "field": "v"}]}),
+    ))
+    .unwrap();
+    let mut agg = Aggregator::new(a).unwrap();
+    agg.ingest(br#"{"ts":1,"v":2}"#, 0);
+    let saved = serde_json::to_string(&agg.state()).unwrap();
+    assert!(Aggregator::new(b)
+        .unwrap()
+        .restore(serde_json::from_str(&saved).unwrap())
+        .is_err());
+    assert!(Aggregator::new(c)
+        .unwrap()
+        .restore(serde_json::from_str(&saved).unwrap())
+        .is_err());
+}
+
+/// After a gap, the windows open then and those starting before the next
+/// record are incomplete; later ones are not. Output records say so too.
+#[test]
+fn windows_a_gap_touches_are_marked_incomplete() {
+    let config: AggregateConfig =
+        serde_json::from_value(cfg(tumbling(10), json!({"measures": [{"op": "count"}]}))).unwrap();
+    let mut agg = Aggregator::new(config).unwrap();
+    agg.ingest(br#"{"ts":1}"#, 0);
+    agg.mark_gap();
+    agg.ingest(br#"{"ts":15}"#, 0);
+    agg.ingest(br#"{"ts":12}"#, 0);
+    agg.ingest(br#"{"ts":25}"#, 0);
+    let flags: Vec<(i64, bool)> = agg
+        .snapshot()
+        .windows
+        .iter()
+        .map(|w| (w.start_ms, w.incomplete))
+        .collect();
+    assert_eq!(flags, [(0, true), (10_000, true), (20_000, false)]);
+    let closed = agg.advance(0);
+    let record: Value = serde_json::from_slice(&closed[0].to_json_record()).unwrap();
+    assert_eq!(record["window_incomplete"], true);
+    let record: Value = serde_json::from_slice(&closed[1].to_json_record()).unwrap();
+    assert_eq!(record["window_incomplete"], true);
+    assert!(serde_json::to_value(&agg.snapshot().windows[2])
+        .unwrap()
+        .get("incomplete")
+        .is_none());
+}
+
+/// With an output, closed windows are kept until sent, past their horizon,
+/// and only those ending after what was sent are offered again.
+#[test]
+fn unsent_windows_outlive_the_horizon_until_sent() {
+    let config: AggregateConfig = serde_json::from_value(cfg(
+        tumbling(10),
+        json!({"horizon_seconds": 0, "measures": [{"op": "count"}]}),
+    ))
+    .unwrap();
+    let mut agg = Aggregator::new(config).unwrap();
+    agg.send_from(Some(10_000));
+    for ts in [1, 11, 21, 31, 41] {
+        agg.ingest(format!(r#"{{"ts":{ts}}}"#).as_bytes(), 0);
+    }
+    agg.advance(0);
+    let (windows, through) = agg.unsent();
+    let starts: Vec<i64> = windows.iter().map(|w| w.start_ms).collect();
+    assert_eq!(starts, [10_000, 20_000, 30_000], "[0,10) was sent before");
+    assert_eq!(through, Some(40_000));
+    agg.mark_sent(40_000);
+    assert_eq!(agg.unsent().0.len(), 0);
+    agg.advance(0);
+    assert!(
+        agg.snapshot().windows.iter().all(|w| !w.closed),
+        "sent windows past the horizon are pruned"
+    );
+}

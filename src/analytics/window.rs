@@ -33,7 +33,11 @@ impl Measure {
     }
 }
 
-#[derive(Clone)]
+/// Saved with floats as their bits, so that a restored sum goes on exactly as
+/// the uninterrupted one would (decimal text may not round-trip, and an
+/// overflowed sum is infinite, which JSON cannot write).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(into = "AccRepr", from = "AccRepr")]
 enum Acc {
     Count(u64),
     Sum(Option<f64>),
@@ -41,6 +45,51 @@ enum Acc {
     Min(Option<f64>),
     Max(Option<f64>),
     Distinct(HyperLogLog),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AccRepr {
+    Count(u64),
+    Sum(Option<u64>),
+    Avg { sum: u64, n: u64 },
+    Min(Option<u64>),
+    Max(Option<u64>),
+    Distinct(HyperLogLog),
+}
+
+impl From<Acc> for AccRepr {
+    fn from(a: Acc) -> Self {
+        let bits = |x: Option<f64>| x.map(f64::to_bits);
+        match a {
+            Acc::Count(n) => AccRepr::Count(n),
+            Acc::Sum(x) => AccRepr::Sum(bits(x)),
+            Acc::Avg { sum, n } => AccRepr::Avg {
+                sum: sum.to_bits(),
+                n,
+            },
+            Acc::Min(x) => AccRepr::Min(bits(x)),
+            Acc::Max(x) => AccRepr::Max(bits(x)),
+            Acc::Distinct(h) => AccRepr::Distinct(h),
+        }
+    }
+}
+
+impl From<AccRepr> for Acc {
+    fn from(a: AccRepr) -> Self {
+        let float = |x: Option<u64>| x.map(f64::from_bits);
+        match a {
+            AccRepr::Count(n) => Acc::Count(n),
+            AccRepr::Sum(x) => Acc::Sum(float(x)),
+            AccRepr::Avg { sum, n } => Acc::Avg {
+                sum: f64::from_bits(sum),
+                n,
+            },
+            AccRepr::Min(x) => Acc::Min(float(x)),
+            AccRepr::Max(x) => Acc::Max(float(x)),
+            AccRepr::Distinct(h) => Acc::Distinct(h),
+        }
+    }
 }
 
 fn combine(a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64) -> Option<f64> {
@@ -119,16 +168,34 @@ fn num(x: f64) -> Value {
 }
 
 /// One group's state inside one window.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Cell {
     pub group: Vec<Value>,
     accs: Vec<Acc>,
+    /// Records it should have seen were lost before the aggregate read them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 impl Cell {
     pub fn new(group: Vec<Value>, measures: &[Measure]) -> Self {
         let accs = measures.iter().map(|m| Acc::new(m.op)).collect();
-        Self { group, accs }
+        Self {
+            group,
+            accs,
+            incomplete: false,
+        }
+    }
+
+    /// Whether a restored cell fits these measures.
+    pub fn fits(&self, groups: usize, measures: &[Measure]) -> bool {
+        self.group.len() == groups
+            && self.accs.len() == measures.len()
+            && self
+                .accs
+                .iter()
+                .zip(measures)
+                .all(|(a, m)| std::mem::discriminant(a) == std::mem::discriminant(&Acc::new(m.op)))
     }
 
     pub fn add(&mut self, inputs: &[Input]) {
@@ -136,6 +203,7 @@ impl Cell {
     }
 
     pub fn merge(&mut self, other: &Cell) {
+        self.incomplete |= other.incomplete;
         self.accs
             .iter_mut()
             .zip(&other.accs)

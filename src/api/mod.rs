@@ -423,8 +423,8 @@ async fn query(
     }
 }
 
-async fn aggregates(State(app): State<Arc<App>>, _who: axum::Extension<Who>) -> Response {
-    axum::Json(app.analytics.snapshot()).into_response()
+async fn aggregates(State(app): State<Arc<App>>, who: axum::Extension<Who>) -> Response {
+    axum::Json(app.analytics.snapshot(|s| who.may_stream(s))).into_response()
 }
 
 /// Server-Sent Events: `stats` once a second (and at once on connect),
@@ -439,14 +439,17 @@ async fn live(State(app): State<Arc<App>>, who: axum::Extension<Who>) -> Respons
     let events = futures_util::stream::unfold(
         (app, rx, tick, who),
         |(app, mut rx, mut tick, who)| async move {
-            let event = tokio::select! {
+            let event = loop {
+                break tokio::select! {
                 _ = tick.tick() => Event::default().event("stats").data(streams_json(&app, &who).to_string()),
                 msg = rx.recv() => match msg {
-                    Ok(doc) => Event::default().event("windows").data(&*doc),
+                    Ok(u) if !who.may_stream(&u.stream) => continue,
+                    Ok(u) => Event::default().event("windows").data(&u.json),
                     // A slow reader missed updates: tell it to refetch the snapshot.
                     Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
                     Err(RecvError::Closed) => return None,
                 },
+                };
             };
             Some((
                 Ok::<_, std::convert::Infallible>(event),

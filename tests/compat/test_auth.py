@@ -294,7 +294,9 @@ def srv(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     data = root / "data"
     data.mkdir()
-    config = json.dumps({"auth": keys_config(), "delivery_streams": DECLARED})
+    count = [{"name": "per_minute", "window": {"type": "tumbling", "size_seconds": 60}, "measures": [{"op": "count"}]}]
+    aggregates = {"events-1": count, "other": count}
+    config = json.dumps({"auth": keys_config(), "delivery_streams": DECLARED, "aggregates": aggregates})
     server = AuthServer(data, config, env={"PRODUCER_SECRET": PRODUCER[1]})
     try:
         yield server.start()
@@ -627,6 +629,16 @@ def test_sessions_see_what_their_keys_may_read(srv):
     status, body = streams(PRODUCER)  # no hydrant:Read
     assert status == 403, (status, body[:300])
     assert isinstance(json_body(body).get("error"), str)
+
+
+def test_aggregates_show_only_streams_the_key_may_read(srv):
+    def sources(key):
+        status, h, body = http_request(srv.endpoint + "/-/api/aggregates", headers={"Cookie": session_cookie(srv.endpoint, key)})
+        assert status == 200, (status, body[:300])
+        return sorted(a["stream"] for a in json_body(body)["aggregates"])
+
+    assert sources(ADMIN) == ["events-1", "other"]
+    assert sources(WATCHER) == ["events-1"]  # hydrant:Read on events-* only
 
 
 def test_query_with_a_session_needs_hydrants_own_origin(srv):
