@@ -290,11 +290,7 @@ impl Config {
                 .validate()
                 .map_err(|e| key(format!("glue_tables.{name}"), e))?;
         }
-        crate::api::auth::Auth::new(&config.auth, config.tls.is_some())
-            .map_err(|e| key("auth".into(), e))?;
-        if let Some(tls) = &config.tls {
-            crate::server::tls_acceptor(tls).map_err(|e| key("tls".into(), e))?;
-        }
+        // `auth` and `tls` are checked where they are built, in `server::start`.
         for (stream, list) in &config.aggregates {
             crate::analytics::validate_all(list)
                 .map_err(|e| key(format!("aggregates.{stream}"), e.to_string()))?;

@@ -57,10 +57,15 @@ pub async fn start(
             opts.listen
         )
     })?;
+    // Errors in the config name its file and key.
+    let in_file = |key: &str, e: String| match &opts.config.file {
+        Some(f) => anyhow::anyhow!("config file {}: {key}: {e}", f.display()),
+        None => anyhow::anyhow!("{key}: {e}"),
+    };
     let auth = crate::api::auth::Auth::new(&opts.config.auth, opts.config.tls.is_some())
-        .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+        .map_err(|e| in_file("auth", e))?;
     let tls = match &opts.config.tls {
-        Some(t) => Some(tls_acceptor(t).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
+        Some(t) => Some(tls_acceptor(t).map_err(|e| in_file("tls", e))?),
         None => None,
     };
     if !addr.ip().is_loopback() && !auth.enabled() {

@@ -967,6 +967,19 @@ def test_stream_declared_twice_names_the_file_and_stream(make_server):
     assert_refused_at_start(rc, out, err, must_name=(str(server.config_path), "twice-declared"), server=server)
 
 
+def test_bad_tls_and_auth_in_config_name_the_file_and_key(make_server, tmp_path):
+    """A TLS certificate that is not there, and an auth key whose secret's
+    environment variable is unset: exit non-zero, stderr naming the config
+    file and the key (`tls`, `auth`), no panic."""
+    missing = tmp_path / "no-such-cert.pem"
+    rc, out, err, server = serve_expecting_exit(
+        make_server, config=json.dumps({"tls": {"cert_file": str(missing), "key_file": str(missing)}}))
+    assert_refused_at_start(rc, out, err, must_name=(str(server.config_path), "tls", str(missing)), server=server)
+    keys = {"auth": {"keys": [{"access_key_id": "AKIDENVUNSETEXAMPLE", "secret_access_key_env": "HYDRANT_TEST_UNSET_SECRET"}]}}
+    rc, out, err, server = serve_expecting_exit(make_server, config=json.dumps(keys))
+    assert_refused_at_start(rc, out, err, must_name=(str(server.config_path), "auth", "HYDRANT_TEST_UNSET_SECRET"), server=server)
+
+
 # ---------------------------------------------------------------------------
 # I. Full disk on create
 
