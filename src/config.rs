@@ -326,7 +326,7 @@ impl Config {
                     file: file.into(),
                     index,
                     name: s["DeliveryStreamName"].as_str().unwrap_or("?").to_string(),
-                    err: format!("{}: {}", e.code, e.message),
+                    err: e.to_string(),
                 });
             }
         }
@@ -381,11 +381,11 @@ mod tests {
         ),
         (
             "delivery_streams: [{DeliveryStreamName: s, ExtendedS3DestinationConfiguration: {RoleARN: r, BucketARN: 'arn:aws:s3:::bkt', Prefix: \"!{timestamp:'..'}/x/\", ErrorOutputPrefix: 'e/!{firehose:error-output-type}/'}}]",
-            "delivery_streams[0] (s): InvalidArgumentException: ExtendedS3DestinationConfiguration.Prefix: evaluates to",
+            "delivery_streams[0] (s): ExtendedS3DestinationConfiguration.Prefix: evaluates to",
         ),
         (
             "delivery_streams: [{DeliveryStreamName: s, ExtendedS3DestinationConfiguration: {RoleARN: r, BucketARN: 'arn:aws:s3:::bkt', CompressionFormat: ZIP}}]",
-            "delivery_streams[0] (s): InvalidArgumentException",
+            "delivery_streams[0] (s): ExtendedS3DestinationConfiguration.CompressionFormat",
         ),
     ];
 

@@ -17,10 +17,38 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::ApiError;
 use crate::delivery::parquet::{ParquetCompression, ParquetOptions, TableSchema};
 use crate::delivery::prefix::{self, Template};
 use crate::delivery::route::PartitionQuery;
+
+/// Why a stream definition was refused. The front door answers each kind
+/// with its AWS error (`api::error`); the message names the option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Not the JSON shape the definition has (SerializationException).
+    #[error("{0}")]
+    Malformed(String),
+    /// Breaks the API model: a missing required field, a name that does not
+    /// match its pattern, a number out of range (ValidationException).
+    #[error("{0}")]
+    Invalid(String),
+    /// Well-formed, but Firehose's rules or hydrant's support refuse it: an
+    /// unsupported option, a bad prefix (InvalidArgumentException).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SpecError {
+    pub fn malformed(m: impl Into<String>) -> Self {
+        SpecError::Malformed(m.into())
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        SpecError::Invalid(m.into())
+    }
+    pub fn refused(m: impl Into<String>) -> Self {
+        SpecError::Refused(m.into())
+    }
+}
 
 pub const MAX_SIZE_MB: u32 = 128;
 pub const MAX_INTERVAL_SECONDS: u32 = 900;
@@ -289,10 +317,10 @@ struct Processor {
     other: BTreeMap<String, Value>,
 }
 
-fn unsupported(path: &str, other: &BTreeMap<String, Value>) -> Result<(), ApiError> {
+fn unsupported(path: &str, other: &BTreeMap<String, Value>) -> Result<(), SpecError> {
     match other.keys().next() {
         None => Ok(()),
-        Some(k) => Err(ApiError::invalid_argument(format!(
+        Some(k) => Err(SpecError::refused(format!(
             "{path}{k} is not supported by hydrant (unknown option, or a Firehose feature hydrant does not implement yet)"
         ))),
     }
@@ -300,7 +328,7 @@ fn unsupported(path: &str, other: &BTreeMap<String, Value>) -> Result<(), ApiErr
 
 /// Firehose's stream name rule, plus one of hydrant's: the name is a
 /// directory name, so it may not be `.` or `..`.
-pub fn check_stream_name(name: &str) -> Result<(), ApiError> {
+pub fn check_stream_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -311,7 +339,7 @@ pub fn check_stream_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::validation(format!(
+        Err(SpecError::invalid(format!(
             "Value {name:?} at 'deliveryStreamName' failed to satisfy constraint: \
              Member must have length 1-64 and match [a-zA-Z0-9_.-]+ (and not be . or ..)"
         )))
@@ -330,23 +358,23 @@ pub(crate) fn check_bucket(bucket: &str) -> bool {
 }
 
 /// Parses and validates a CreateDeliveryStream request.
-pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError> {
+pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, SpecError> {
     let req: CreateRequest = serde_json::from_value(request.clone())
-        .map_err(|e| ApiError::serialization(format!("CreateDeliveryStream: {e}")))?;
+        .map_err(|e| SpecError::malformed(format!("CreateDeliveryStream: {e}")))?;
     let name = req
         .delivery_stream_name
-        .ok_or_else(|| ApiError::validation("DeliveryStreamName is required"))?;
+        .ok_or_else(|| SpecError::invalid("DeliveryStreamName is required"))?;
     check_stream_name(&name)?;
     unsupported("", &req.other)?;
     match req.delivery_stream_type.as_deref() {
         None | Some("DirectPut") => {}
         Some(t @ ("KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource")) => {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "DeliveryStreamType {t} is not supported by hydrant yet; use DirectPut"
             )))
         }
         Some(t) => {
-            return Err(ApiError::validation(format!(
+            return Err(SpecError::invalid(format!(
                 "DeliveryStreamType {t:?} is not one of DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource"
             )))
         }
@@ -355,12 +383,12 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
         (Some(d), None) => (d, false, "S3DestinationConfiguration."),
         (None, Some(d)) => (d, true, "ExtendedS3DestinationConfiguration."),
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_argument(
+            return Err(SpecError::refused(
                 "give one destination: ExtendedS3DestinationConfiguration or S3DestinationConfiguration, not both",
             ))
         }
         (None, None) => {
-            return Err(ApiError::invalid_argument(
+            return Err(SpecError::refused(
                 "a destination is required: ExtendedS3DestinationConfiguration (or S3DestinationConfiguration); \
                  hydrant delivers to S3-style buckets only",
             ))
@@ -382,7 +410,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
             ),
         ] {
             if set {
-                return Err(ApiError::invalid_argument(format!(
+                return Err(SpecError::refused(format!(
                     "{path}{field} is not a field of S3DestinationConfiguration; use ExtendedS3DestinationConfiguration"
                 )));
             }
@@ -390,17 +418,17 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     }
     let role_arn = dest
         .role_arn
-        .ok_or_else(|| ApiError::validation(format!("{path}RoleARN is required")))?;
+        .ok_or_else(|| SpecError::invalid(format!("{path}RoleARN is required")))?;
     let bucket_arn = dest
         .bucket_arn
-        .ok_or_else(|| ApiError::validation(format!("{path}BucketARN is required")))?;
+        .ok_or_else(|| SpecError::invalid(format!("{path}BucketARN is required")))?;
     let bucket = bucket_arn
         .strip_prefix("arn:aws:s3:::")
         .or_else(|| bucket_arn.strip_prefix("arn:aws-cn:s3:::"))
         .or_else(|| bucket_arn.strip_prefix("arn:aws-us-gov:s3:::"))
         .filter(|b| check_bucket(b))
         .ok_or_else(|| {
-            ApiError::invalid_argument(format!(
+            SpecError::refused(format!(
                 "{path}BucketARN {bucket_arn:?} must be arn:aws:s3:::BUCKET with a valid S3 bucket name \
                  (3-63 characters: lowercase letters, digits, '.' and '-')"
             ))
@@ -415,7 +443,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     ] {
         if let Some(p) = p {
             if p.len() > 1024 {
-                return Err(ApiError::validation(format!(
+                return Err(SpecError::invalid(format!(
                     "{path}{what} is longer than 1024 characters"
                 )));
             }
@@ -427,7 +455,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
         unsupported(&format!("{path}BufferingHints."), &h.other)?;
         if let Some(s) = h.size_mb {
             if !(1..=MAX_SIZE_MB as i64).contains(&s) {
-                return Err(ApiError::validation(format!(
+                return Err(SpecError::invalid(format!(
                     "{path}BufferingHints.SizeInMBs is {s}; it must be 1 to {MAX_SIZE_MB}"
                 )));
             }
@@ -435,7 +463,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
         }
         if let Some(i) = h.interval_seconds {
             if !(0..=MAX_INTERVAL_SECONDS as i64).contains(&i) {
-                return Err(ApiError::validation(format!(
+                return Err(SpecError::invalid(format!(
                     "{path}BufferingHints.IntervalInSeconds is {i}; it must be 0 to {MAX_INTERVAL_SECONDS}"
                 )));
             }
@@ -449,12 +477,12 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
         Some("ZSTD") => Compression::Zstd,
         Some("Snappy") => Compression::Snappy,
         Some(c @ ("ZIP" | "HADOOP_SNAPPY")) => {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}CompressionFormat {c} is not supported by hydrant yet; use UNCOMPRESSED, GZIP, Snappy or ZSTD"
             )))
         }
         Some(c) => {
-            return Err(ApiError::validation(format!(
+            return Err(SpecError::invalid(format!(
                 "{path}CompressionFormat {c:?} is not one of UNCOMPRESSED, GZIP, ZIP, Snappy, HADOOP_SNAPPY, ZSTD"
             )))
         }
@@ -463,14 +491,14 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     if let Some(e) = dest.encryption_configuration {
         unsupported(&format!("{path}EncryptionConfiguration."), &e.other)?;
         if e.kms.is_some() {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}EncryptionConfiguration.KMSEncryptionConfig is not supported by hydrant"
             )));
         }
         match e.no_encryption_config.as_deref() {
             None | Some("NoEncryption") => {}
             Some(v) => {
-                return Err(ApiError::validation(format!(
+                return Err(SpecError::invalid(format!(
                     "{path}EncryptionConfiguration.NoEncryptionConfig {v:?} must be NoEncryption"
                 )))
             }
@@ -480,7 +508,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
         unsupported(&format!("{path}CloudWatchLoggingOptions."), &c.other)?;
         let _ = (c.log_group_name, c.log_stream_name);
         if c.enabled == Some(true) {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}CloudWatchLoggingOptions.Enabled is not supported by hydrant: there is no CloudWatch; \
                  hydrant logs to its own output and exposes metrics at /-/metrics"
             )));
@@ -489,7 +517,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     match dest.s3_backup_mode.as_deref() {
         None | Some("Disabled") => {}
         Some(m) => {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}S3BackupMode {m} is not supported by hydrant yet; use Disabled"
             )))
         }
@@ -505,7 +533,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
                 match proc.kind.as_deref() {
                     Some("AppendDelimiterToRecord") => {
                         if proc.parameters.is_some_and(|p| !p.is_empty()) {
-                            return Err(ApiError::invalid_argument(format!(
+                            return Err(SpecError::refused(format!(
                                 "{pp}Processors: AppendDelimiterToRecord takes no parameters (it appends a newline)"
                             )));
                         }
@@ -518,13 +546,13 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
                         )?);
                     }
                     Some(t) => {
-                        return Err(ApiError::invalid_argument(format!(
+                        return Err(SpecError::refused(format!(
                             "{pp}Processors: processor type {t} is not supported by hydrant yet; \
                              AppendDelimiterToRecord and MetadataExtraction are"
                         )))
                     }
                     None => {
-                        return Err(ApiError::validation(format!(
+                        return Err(SpecError::invalid(format!(
                             "{pp}Processors: Type is required"
                         )))
                     }
@@ -541,7 +569,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
                 })
                 && ext.len() > 1);
         if !ok {
-            return Err(ApiError::validation(format!(
+            return Err(SpecError::invalid(format!(
                 "{path}FileExtension {ext:?} must start with '.' followed by [0-9a-z!-_.*'()]"
             )));
         }
@@ -549,7 +577,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     match dest.custom_time_zone.as_deref() {
         None | Some("") | Some("UTC") => {}
         Some(tz) => {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}CustomTimeZone {tz} is not supported by hydrant yet; timestamps are UTC"
             )))
         }
@@ -563,7 +591,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
                 &d.other,
             )?;
             if d.retry_options.is_some() {
-                return Err(ApiError::invalid_argument(format!(
+                return Err(SpecError::refused(format!(
                     "{path}DynamicPartitioningConfiguration.RetryOptions is not supported by hydrant: \
                      delivery retries until the store takes the object and never gives records up"
                 )));
@@ -574,13 +602,13 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     let partition = match (partitioning, query) {
         (true, Some(q)) => Some(q),
         (true, None) => {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}DynamicPartitioningConfiguration is enabled but there is no MetadataExtraction processor \
                  to extract partition keys"
             )))
         }
         (false, Some(_)) => {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}ProcessingConfiguration: a MetadataExtraction processor needs DynamicPartitioningConfiguration \
                  with Enabled: true"
             )))
@@ -593,13 +621,13 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     };
     if let Format::Parquet { .. } = format {
         if compression != Compression::Uncompressed {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}CompressionFormat must be UNCOMPRESSED when DataFormatConversionConfiguration is enabled; \
                  set the Parquet compression in ParquetSerDe.Compression"
             )));
         }
         if append_delimiter {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(SpecError::refused(format!(
                 "{path}AppendDelimiterToRecord has no meaning for Parquet output; remove it"
             )));
         }
@@ -607,7 +635,7 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
     let names = partition.as_ref().map(|q| q.names());
     let (prefix_template, error_template) =
         prefix::validate_partitioned(&prefix, error_output_prefix.as_deref(), names.as_deref())
-            .map_err(|e| ApiError::invalid_argument(format!("{path}{e}")))?;
+            .map_err(|e| SpecError::refused(format!("{path}{e}")))?;
 
     Ok(StreamSpec {
         name,
@@ -634,13 +662,13 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, ApiError>
 /// Firehose reads the schema from a Glue table; hydrant has no catalog and
 /// takes the columns inline (SchemaConfiguration.Columns, Glue's Column
 /// shape), or infers them from the data (SchemaConfiguration.InferFromData).
-fn conversion(path: &str, c: Conversion, catalog: &Catalog) -> Result<Format, ApiError> {
+fn conversion(path: &str, c: Conversion, catalog: &Catalog) -> Result<Format, SpecError> {
     let p = format!("{path}DataFormatConversionConfiguration.");
     unsupported(&p, &c.other)?;
     if c.enabled == Some(false) {
         return Ok(Format::Raw);
     }
-    let bad = |m: String| Err(ApiError::invalid_argument(format!("{p}{m}")));
+    let bad = |m: String| Err(SpecError::refused(format!("{p}{m}")));
     let sc = match c.schema_configuration {
         Some(sc) => sc,
         None => {
@@ -662,7 +690,7 @@ fn conversion(path: &str, c: Conversion, catalog: &Catalog) -> Result<Format, Ap
         (Some(db), Some(table), None, None) => {
             let name = format!("{db}.{table}");
             let t = catalog.get(&name).ok_or_else(|| {
-                ApiError::invalid_argument(format!(
+                SpecError::refused(format!(
                     "{p}SchemaConfiguration: there is no table {name} in hydrant's catalog; \
                      declare it under glue_tables in the config file"
                 ))
@@ -683,7 +711,7 @@ fn conversion(path: &str, c: Conversion, catalog: &Catalog) -> Result<Format, Ap
             let cols: Vec<(String, String)> = cols.into_iter().map(|c| (c.name, c.kind)).collect();
             ParquetSchema::Declared(
                 TableSchema::from_columns(&cols)
-                    .map_err(|e| ApiError::invalid_argument(format!("{p}SchemaConfiguration.Columns: {e}")))?,
+                    .map_err(|e| SpecError::refused(format!("{p}SchemaConfiguration.Columns: {e}")))?,
             )
         }
         (None, Some(true)) => ParquetSchema::Inferred,
@@ -751,28 +779,28 @@ fn conversion(path: &str, c: Conversion, catalog: &Catalog) -> Result<Format, Ap
 
 /// The MetadataExtraction processor's parameters: the query, and the JQ-1.6
 /// engine (the only one Firehose has).
-fn metadata_extraction(pp: &str, params: Vec<Value>) -> Result<PartitionQuery, ApiError> {
+fn metadata_extraction(pp: &str, params: Vec<Value>) -> Result<PartitionQuery, SpecError> {
     let mut query = None;
     for p in params {
         let name = p["ParameterName"].as_str().unwrap_or("");
         let value = p["ParameterValue"].as_str().unwrap_or("");
         match name {
             "MetadataExtractionQuery" => {
-                query = Some(PartitionQuery::parse(value).map_err(|e| ApiError::invalid_argument(format!("{pp}{e}")))?)
+                query = Some(PartitionQuery::parse(value).map_err(|e| SpecError::refused(format!("{pp}{e}")))?)
             }
             "JsonParsingEngine" if value == "JQ-1.6" => {}
             "JsonParsingEngine" => {
-                return Err(ApiError::invalid_argument(format!("{pp}JsonParsingEngine {value:?} must be JQ-1.6")))
+                return Err(SpecError::refused(format!("{pp}JsonParsingEngine {value:?} must be JQ-1.6")))
             }
             other => {
-                return Err(ApiError::invalid_argument(format!(
+                return Err(SpecError::refused(format!(
                     "{pp}MetadataExtraction parameter {other:?} is not supported; use MetadataExtractionQuery and JsonParsingEngine"
                 )))
             }
         }
     }
     query.ok_or_else(|| {
-        ApiError::invalid_argument(format!(
+        SpecError::refused(format!(
             "{pp}MetadataExtraction needs a MetadataExtractionQuery parameter"
         ))
     })
@@ -975,7 +1003,8 @@ mod tests {
         for (pointer, value, code, text) in REJECTIONS {
             let mut r = article();
             set(&mut r, pointer, serde_json::from_str(value).unwrap());
-            let err = parse(&r, &Catalog::new()).expect_err(pointer);
+            // As the front door answers it.
+            let err = crate::api::ApiError::from(parse(&r, &Catalog::new()).expect_err(pointer));
             assert_eq!(err.code, *code, "{pointer} = {value}: {}", err.message);
             assert!(
                 err.message.contains(text),
@@ -1037,7 +1066,7 @@ mod tests {
         };
         assert!(parse(&r, &Catalog::new())
             .unwrap_err()
-            .message
+            .to_string()
             .contains("no MetadataExtraction processor"));
         set(
             &mut r,
@@ -1053,7 +1082,7 @@ mod tests {
         );
         assert!(parse(&r, &Catalog::new())
             .unwrap_err()
-            .message
+            .to_string()
             .contains("not defined by the MetadataExtractionQuery"));
         set(
             &mut r,
@@ -1062,7 +1091,7 @@ mod tests {
         );
         assert!(parse(&r, &Catalog::new())
             .unwrap_err()
-            .message
+            .to_string()
             .contains("simple paths"));
     }
 
@@ -1074,7 +1103,7 @@ mod tests {
         });
         let err = parse(&r, &Catalog::new()).unwrap_err();
         assert!(err
-            .message
+            .to_string()
             .contains("FileExtension is not a field of S3DestinationConfiguration"));
     }
 }

@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::api::ApiError;
 use crate::delivery::store::{LocalStore, S3Bucket, Stores};
 use crate::delivery::{self, Delivery, DeliveryStats};
 use crate::log::{Frames, Log, LogError, LogOptions};
@@ -59,6 +58,9 @@ pub struct IntakeStats {
 
 pub struct Stream {
     pub spec: StreamSpec,
+    /// The CreateDeliveryStream request as given (API or config file), from
+    /// which Describe answers what was set.
+    pub request: Value,
     pub created_ms: i64,
     pub incarnation: uuid::Uuid,
     pub origin: Origin,
@@ -73,6 +75,26 @@ pub struct Stream {
     finished: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Result<(), String>>>>,
     /// How delivery ended, once it has.
     closed: std::sync::Mutex<Option<Result<(), String>>>,
+}
+
+/// Why creating or deleting a stream failed; the front door answers each
+/// kind with its AWS error.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The stream is the config file's to change.
+    #[error("{0}")]
+    Declared(String),
+    /// A condition to wait out: a full disk, a store that cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why a put was refused.
@@ -248,8 +270,7 @@ impl Registry {
         }
         let mut names_declared = std::collections::BTreeSet::new();
         for request in declared {
-            let spec = spec::parse(&request, &reg.catalog)
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let spec = spec::parse(&request, &reg.catalog).map_err(|e| anyhow::anyhow!("{e}"))?;
             let name = spec.name.clone();
             if !names_declared.insert(name.clone()) {
                 anyhow::bail!("delivery stream {name} is declared twice");
@@ -278,10 +299,7 @@ impl Registry {
         }
         for (name, mut meta) in on_disk {
             let spec = spec::parse(&meta.request, &reg.catalog).map_err(|e| {
-                anyhow::anyhow!(
-                    "stored delivery stream {name} is no longer valid: {}",
-                    e.message
-                )
+                anyhow::anyhow!("stored delivery stream {name} is no longer valid: {e}")
             })?;
             if meta.origin == Origin::Config {
                 tracing::warn!(stream = %name, "no longer in the config file; it keeps running as if created through the API (delete it with DeleteDeliveryStream)");
@@ -335,6 +353,7 @@ impl Registry {
         let finished = d.start(stop_rx);
         let stream = Stream {
             spec,
+            request: meta.request,
             created_ms: meta.created_ms,
             incarnation: meta.incarnation,
             origin: meta.origin,
@@ -363,11 +382,11 @@ impl Registry {
     }
 
     /// CreateDeliveryStream.
-    pub async fn create(&self, request: Value) -> Result<Arc<Stream>, ApiError> {
+    pub async fn create(&self, request: Value) -> Result<Arc<Stream>, AdminError> {
         let spec = spec::parse(&request, &self.catalog)?;
         let _admin = self.admin.lock().await;
         if self.get(&spec.name).is_some() {
-            return Err(ApiError::in_use(format!(
+            return Err(AdminError::Exists(format!(
                 "Delivery stream {} already exists",
                 spec.name
             )));
@@ -398,11 +417,11 @@ impl Registry {
                 });
                 let message = format!("creating delivery stream {name}: {e:#}");
                 if full {
-                    ApiError::unavailable(format!(
+                    AdminError::Unavailable(format!(
                         "{message}; the disk is full: free space and retry"
                     ))
                 } else {
-                    ApiError::internal(message)
+                    AdminError::Failed(message)
                 }
             })?;
         Ok(self.get(&name).expect("just started"))
@@ -410,18 +429,18 @@ impl Registry {
 
     /// DeleteDeliveryStream: delivers what was acknowledged, then removes the
     /// stream and its log. Objects already in the lake stay.
-    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, name: &str) -> Result<(), AdminError> {
         let _admin = self.admin.lock().await;
         let stream = self
             .get(name)
-            .ok_or_else(|| ApiError::not_found(format!("Delivery stream {name} not found")))?;
+            .ok_or_else(|| AdminError::NotFound(format!("Delivery stream {name} not found")))?;
         if stream.origin == Origin::Config {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(AdminError::Declared(format!(
                 "Delivery stream {name} is declared in the config file; remove it there and restart"
             )));
         }
         stream.close().await.map_err(|e| {
-            ApiError::unavailable(format!(
+            AdminError::Unavailable(format!(
                 "Delivery stream {name} is closed but could not deliver everything it acknowledged ({e}); \
                  its records are kept; retry the delete once the store is reachable, or restart hydrant"
             ))
@@ -433,7 +452,7 @@ impl Registry {
             .join(format!(".deleted-{name}-{}", uuid::Uuid::new_v4()));
         std::fs::rename(&stream.dir, &tomb)
             .and_then(|_| std::fs::remove_dir_all(&tomb))
-            .map_err(|e| ApiError::internal(format!("removing delivery stream {name}: {e}")))?;
+            .map_err(|e| AdminError::Failed(format!("removing delivery stream {name}: {e}")))?;
         Ok(())
     }
 

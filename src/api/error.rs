@@ -66,6 +66,31 @@ impl From<super::auth::Denied> for ApiError {
     }
 }
 
+impl From<crate::spec::SpecError> for ApiError {
+    fn from(e: crate::spec::SpecError) -> ApiError {
+        use crate::spec::SpecError::*;
+        match e {
+            Malformed(m) => ApiError::serialization(m),
+            Invalid(m) => ApiError::validation(m),
+            Refused(m) => ApiError::invalid_argument(m),
+        }
+    }
+}
+
+impl From<crate::stream::AdminError> for ApiError {
+    fn from(e: crate::stream::AdminError) -> ApiError {
+        use crate::stream::AdminError::*;
+        match e {
+            Spec(e) => e.into(),
+            Exists(m) => ApiError::in_use(m),
+            NotFound(m) => ApiError::not_found(m),
+            Declared(m) => ApiError::invalid_argument(m),
+            Unavailable(m) => ApiError::unavailable(m),
+            Failed(m) => ApiError::internal(m),
+        }
+    }
+}
+
 impl ApiError {
     /// Adds what went wrong underneath to the message.
     pub fn with_cause(mut self, cause: &dyn std::error::Error) -> Self {

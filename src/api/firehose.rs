@@ -313,13 +313,33 @@ fn describe(
     if s.extended {
         let mut ext = dest;
         ext["S3BackupMode"] = json!("Disabled");
-        ext["ProcessingConfiguration"] = if s.append_delimiter {
-            json!({ "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord", "Parameters": [] }] })
-        } else {
-            json!({ "Enabled": false, "Processors": [] })
-        };
         if let Some(x) = &s.file_extension {
             ext["FileExtension"] = json!(x);
+        }
+        // What was set, as it was set: these descriptions have the shape of
+        // the configuration (processors with their parameters, dynamic
+        // partitioning with its retry options, format conversion with its
+        // schema, serializer and deserializer).
+        let given = &stream.request["ExtendedS3DestinationConfiguration"];
+        for key in [
+            "ProcessingConfiguration",
+            "DynamicPartitioningConfiguration",
+            "DataFormatConversionConfiguration",
+            "CustomTimeZone",
+        ] {
+            if let Some(v) = given.get(key).filter(|v| !v.is_null()) {
+                ext[key] = v.clone();
+            }
+        }
+        if ext.get("ProcessingConfiguration").is_none() {
+            ext["ProcessingConfiguration"] = json!({ "Enabled": false, "Processors": [] });
+        }
+        if let Some(ps) = ext["ProcessingConfiguration"]["Processors"].as_array_mut() {
+            for p in ps {
+                if p.get("Parameters").is_none() {
+                    p["Parameters"] = json!([]);
+                }
+            }
         }
         destination["ExtendedS3DestinationDescription"] = ext;
     }

@@ -208,6 +208,26 @@ def test_a_schema_can_be_declared_inline_in_the_config_file(make_server):
     assert t.column("n").to_pylist() == list(range(7))
 
 
+def test_describe_shows_partitioning_extraction_and_conversion_as_set(make_server):
+    """DescribeDeliveryStream returns what CreateDeliveryStream set: dynamic
+    partitioning, the MetadataExtraction processor with its parameters, and
+    the format conversion with its schema, serializer and deserializer; and
+    the same for a stream declared in the config file."""
+    req = parquet_stream(name="described", bucket="described-lake")
+    declared = parquet_stream(name="declared-described", bucket="described-lake")
+    server = make_server(CATALOG + f"delivery_streams:\n  - {json.dumps(declared)}\n")
+    c = server.client()
+    c.create_delivery_stream(**req)
+    for r in (req, declared):
+        d = c.describe_delivery_stream(DeliveryStreamName=r["DeliveryStreamName"])["DeliveryStreamDescription"]
+        ext = d["Destinations"][0]["ExtendedS3DestinationDescription"]
+        given = r["ExtendedS3DestinationConfiguration"]
+        assert ext["DynamicPartitioningConfiguration"] == {"Enabled": True}, ext
+        assert ext["DataFormatConversionConfiguration"] == given["DataFormatConversionConfiguration"], ext
+        assert ext["ProcessingConfiguration"] == given["ProcessingConfiguration"], ext
+        assert ext["Prefix"] == given["Prefix"] and ext["ErrorOutputPrefix"] == given["ErrorOutputPrefix"]
+
+
 def test_an_unknown_catalog_table_is_refused_by_name(make_server):
     server = make_server(CATALOG)
     c = server.client()
