@@ -97,11 +97,69 @@ pub enum AdminError {
     Failed(String),
 }
 
-/// Why a put was refused.
+/// Records for [`Stream::put`], each with its arrival time. The front door
+/// fills it; how the log stores them is the log's business (the local log
+/// takes the buffer as it is, framed as it was filled, without a copy).
+#[derive(Default)]
+pub struct Batch(Frames);
+
+impl Batch {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Batch(Frames::with_capacity(bytes))
+    }
+
+    pub fn push(&mut self, arrival_ms: i64, data: &[u8]) {
+        self.0.push(arrival_ms, data)
+    }
+
+    /// Adds a record that `fill` appends to the buffer (for example while
+    /// decoding it), saving a copy. Returns the record's size; a record over
+    /// `max` bytes is measured and left out.
+    pub fn push_with<E>(
+        &mut self,
+        arrival_ms: i64,
+        max: usize,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        self.0.push_with(arrival_ms, max, fill)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.count() == 0
+    }
+
+    /// Bytes of record data, without the log's framing.
+    pub fn data_bytes(&self) -> u64 {
+        (self.0.bytes() - self.0.count() as usize * crate::log::FRAME_HEADER) as u64
+    }
+}
+
+/// Why a put was refused; nothing of the batch was taken.
 #[derive(Debug)]
 pub enum PutError {
+    /// The stream is closing (shutdown or delete).
     Closed,
-    Log(LogError),
+    /// The log holds `used` of its `max` bytes: delivery is behind.
+    Full { used: u64, max: u64 },
+    /// The log cannot take records right now; why.
+    Unavailable(String),
+}
+
+impl From<LogError> for PutError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Full { used, max } => PutError::Full { used, max },
+            LogError::Closed => PutError::Closed,
+            e @ LogError::Write(_) => PutError::Unavailable(format!(
+                "it cannot write its log right now ({e}); nothing was accepted"
+            )),
+            e => PutError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 impl Stream {
@@ -127,8 +185,8 @@ impl Stream {
     /// The append runs to its end even if the caller stops waiting (a client
     /// that hangs up mid-request): records that reach the log are delivered,
     /// so they are counted too, and the gate stays held until they are in.
-    pub async fn put(self: &Arc<Self>, frames: Frames) -> Result<u64, PutError> {
-        self.put_as(frames, None).await
+    pub async fn put(self: &Arc<Self>, batch: Batch) -> Result<u64, PutError> {
+        self.put_as(batch, None).await
     }
 
     /// [`Stream::put`] for a producer that must not append a batch twice:
@@ -136,17 +194,17 @@ impl Stream {
     /// `log`'s Producers), and [`Log::position`] tells where it got to.
     pub async fn put_marked(
         self: &Arc<Self>,
-        frames: Frames,
+        batch: Batch,
         producer: &str,
         position: &str,
     ) -> Result<u64, PutError> {
-        self.put_as(frames, Some((producer.to_owned(), position.to_owned())))
+        self.put_as(batch, Some((producer.to_owned(), position.to_owned())))
             .await
     }
 
     async fn put_as(
         self: &Arc<Self>,
-        frames: Frames,
+        batch: Batch,
         mark: Option<(String, String)>,
     ) -> Result<u64, PutError> {
         let open = self.gate.clone().read_owned().await;
@@ -156,24 +214,18 @@ impl Stream {
         let stream = self.clone();
         let append = tokio::spawn(async move {
             let _open = open;
-            let (n, bytes) = (frames.count(), frames.bytes());
+            let (n, bytes) = (batch.len(), batch.data_bytes());
             let first = match &mark {
                 Some((producer, position)) => {
-                    stream.log.append_marked(frames, producer, position).await
+                    stream.log.append_marked(batch.0, producer, position).await
                 }
-                None => stream.log.append(frames).await,
-            }
-            .map_err(PutError::Log)?;
+                None => stream.log.append(batch.0).await,
+            }?;
             stream.intake.records.fetch_add(n, Ordering::Relaxed);
-            stream.intake.bytes.fetch_add(
-                (bytes - n as usize * crate::log::FRAME_HEADER) as u64,
-                Ordering::Relaxed,
-            );
+            stream.intake.bytes.fetch_add(bytes, Ordering::Relaxed);
             Ok(first)
         });
-        append
-            .await
-            .unwrap_or_else(|_| Err(PutError::Log(LogError::Closed)))
+        append.await.unwrap_or(Err(PutError::Closed))
     }
 
     /// Refuses new puts, waits for those in flight, delivers everything in

@@ -51,8 +51,8 @@ use tokio::sync::broadcast;
 
 use super::aggregator::State;
 use super::{AggregateConfig, Aggregator, WindowResult};
-use crate::log::{Frames, Hold, LogError, LogReader};
-use crate::stream::{Registry, Stream};
+use crate::log::{Hold, LogError, LogReader};
+use crate::stream::{Batch, Registry, Stream};
 
 /// How often the state is saved, at most.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
@@ -479,7 +479,7 @@ impl Task {
                 publish(&self.updates, &self.sa.stream, a.name(), &changed);
                 let (windows, through) = a.unsent();
                 if let (Some(out), Some(through)) = (out, through) {
-                    let mut frames = Frames::default();
+                    let mut frames = Batch::default();
                     for w in &windows {
                         frames.push(now, &w.to_json_record());
                     }

@@ -9,9 +9,8 @@ use serde_json::{json, Value};
 
 use super::auth::Key;
 use super::{ApiError, App};
-use crate::log::{Frames, LogError};
 use crate::spec::check_stream_name;
-use crate::stream::{PutError, Stream};
+use crate::stream::{Batch, PutError, Stream};
 
 use super::wire::{frame, Field, PutRecordBatchIn, PutRecordIn, WireError};
 pub use super::wire::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES};
@@ -132,13 +131,12 @@ fn put_error(stream: &str, e: PutError) -> ApiError {
         PutError::Closed => ApiError::unavailable(format!(
             "Delivery stream {stream} is closing (hydrant is shutting down or the stream is being deleted); retry"
         )),
-        PutError::Log(LogError::Full { used, max }) => ApiError::unavailable(format!(
+        PutError::Full { used, max } => ApiError::unavailable(format!(
             "Delivery stream {stream}'s log holds {used} of its {max} bytes: delivery is behind; retry later"
         )),
-        PutError::Log(e @ LogError::Write(_)) => ApiError::unavailable(format!(
-            "Delivery stream {stream} cannot write its log right now ({e}); nothing was accepted; retry later"
-        )),
-        PutError::Log(e) => ApiError::unavailable(format!("Delivery stream {stream}: {e}")),
+        PutError::Unavailable(why) => {
+            ApiError::unavailable(format!("Delivery stream {stream}: {why}; retry later"))
+        }
     }
 }
 
@@ -154,7 +152,7 @@ async fn put_record(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u
     let req: PutRecordIn = parse(body)?;
     let stream = stream(app, caller, "PutRecord", req.name)?;
     let record = required(req.record, "Record")?;
-    let mut frames = Frames::default();
+    let mut frames = Batch::default();
     let size = frame(&mut frames, now_ms(), Field::Record, &record)?;
     if size > MAX_RECORD_BYTES {
         stream
@@ -192,7 +190,7 @@ async fn put_record_batch(
         )));
     }
     let arrival = now_ms();
-    let mut frames = Frames::with_capacity(body.len());
+    let mut frames = Batch::with_capacity(body.len());
     let mut sizes = Vec::with_capacity(records.len());
     let mut total = 0;
     for (i, r) in records.iter().enumerate() {
@@ -206,7 +204,7 @@ async fn put_record_batch(
         )));
     }
     let failed = sizes.iter().filter(|s| **s > MAX_RECORD_BYTES).count();
-    let mut offset = if frames.count() > 0 {
+    let mut offset = if !frames.is_empty() {
         stream
             .put(frames)
             .await

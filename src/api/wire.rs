@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::log::Frames;
+use crate::stream::Batch;
 
 /// Firehose's limits.
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
@@ -75,7 +75,7 @@ impl std::fmt::Display for Field {
 /// copy) and returns its decoded size. A record over the limit is measured
 /// and left out; the caller reports it.
 pub fn frame(
-    frames: &mut Frames,
+    frames: &mut Batch,
     arrival: i64,
     field: Field,
     r: &RecordIn,
