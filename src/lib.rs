@@ -33,3 +33,4 @@ pub mod query;
 pub mod server;
 pub mod spec;
 pub mod stream;
+pub mod warehouse;

@@ -1,0 +1,406 @@
+//! Loading one staged object into a PostgreSQL table, exactly once.
+//!
+//! # The argument
+//!
+//! A staged object has an identity (its stream and key, which delivery
+//! derives from the log range it holds, so a replay stages the same object
+//! under the same key). Loading it is one transaction that
+//!
+//! 1. inserts `(stream, object)` into the ledger `hydrant.loads`, whose
+//!    primary key is that pair: if the row is already there, the object was
+//!    loaded by a transaction that committed, and nothing more is done;
+//! 2. copies the object's rows into the table (`COPY … FROM STDIN`);
+//! 3. commits.
+//!
+//! The ledger row and the table rows commit together or not at all, so
+//! whatever happens around it (hydrant SIGKILLed mid-COPY, PostgreSQL
+//! restarted, the same object retried after a lost commit acknowledgement),
+//! an object's rows are in the table once or not at all, and a retry
+//! finishes what is missing. Two loaders racing on one object serialize on
+//! the ledger's key: the second waits for the first and then finds its row.
+//!
+//! # One bad row fails alone
+//!
+//! PostgreSQL converts the values itself, with its own rules for every
+//! column type. When it refuses a row, its error names the row
+//! (`COPY t, line N`); the transaction is rolled back, that row is set
+//! aside with PostgreSQL's reason, and the object is copied again without
+//! it, until it loads or more rows than `MAXERROR` were refused, when the
+//! object fails whole (and nothing of it is in the table). Each refused row
+//! costs one more COPY of the object, which MAXERROR bounds.
+
+use std::fmt;
+
+use futures::SinkExt;
+use tokio_postgres::{Client, NoTls};
+
+use super::jdbc::Target;
+
+/// A row as text values in the table's column order; `None` is NULL.
+pub type Row = Vec<Option<String>>;
+
+/// Why a row was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its index among the object's rows.
+    pub row: usize,
+    /// PostgreSQL's SQLSTATE, such as `22P02` (invalid text representation).
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The rows loaded now; the ones refused.
+    Loaded { rows: u64, rejected: Vec<Rejected> },
+    /// A committed transaction had loaded this object before.
+    AlreadyLoaded,
+}
+
+#[derive(Debug)]
+pub enum LoadError {
+    /// The warehouse cannot be reached or failed: retry later.
+    Unavailable(String),
+    /// More rows were refused than MAXERROR allows; nothing was loaded.
+    TooManyRejected(Vec<Rejected>),
+    /// The table or a column is missing, or the user may not write it.
+    Table(String),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Unavailable(m) | LoadError::Table(m) => f.write_str(m),
+            LoadError::TooManyRejected(r) => write!(
+                f,
+                "{} rows were refused, more than MAXERROR allows; first: row {}: {}",
+                r.len(),
+                r[0].row,
+                r[0].message
+            ),
+        }
+    }
+}
+
+fn unavailable(e: tokio_postgres::Error) -> LoadError {
+    LoadError::Unavailable(match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    })
+}
+
+/// `schema.table` or `table`, each part an identifier Redshift would take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    pub fn parse(name: &str) -> Result<TableName, String> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        };
+        let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+        if !valid(schema) || !valid(table) {
+            return Err(format!(
+                "DataTableName {name:?} must be `table` or `schema.table`, each 1 to 63 letters, digits, '_' or '$'"
+            ));
+        }
+        // Unquoted identifiers fold to lower case, in Redshift as in PostgreSQL.
+        Ok(TableName {
+            schema: schema.to_ascii_lowercase(),
+            table: table.to_ascii_lowercase(),
+        })
+    }
+
+    fn quoted(&self) -> String {
+        format!("\"{}\".\"{}\"", self.schema, self.table)
+    }
+}
+
+/// A column the loader writes: its name and what the table says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub data_type: String,
+    /// For character columns, their length.
+    pub max_chars: Option<usize>,
+}
+
+pub struct Loader {
+    client: Client,
+    table: TableName,
+    columns: Vec<Column>,
+    copy: String,
+}
+
+impl Loader {
+    /// Connects, creates the ledger if need be, and checks that the table and
+    /// the columns (`None`: every column of the table, in order) exist.
+    pub async fn connect(
+        target: &Target,
+        user: &str,
+        password: &str,
+        table: TableName,
+        columns: Option<&[String]>,
+    ) -> Result<Loader, LoadError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&target.host)
+            .port(target.port)
+            .dbname(&target.database)
+            .user(user)
+            .password(password)
+            .application_name(&target.application_name)
+            // Times hydrant converts (epochs, patterns) are UTC.
+            .options("-c TimeZone=UTC")
+            .connect_timeout(target.connect_timeout);
+        let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "warehouse connection ended");
+            }
+        });
+        client
+            // Under a lock: two loaders creating the ledger at once would
+            // otherwise collide inside PostgreSQL's catalog.
+            .batch_execute(
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(7310682049);
+                 CREATE SCHEMA IF NOT EXISTS hydrant;
+                 CREATE TABLE IF NOT EXISTS hydrant.loads (
+                     stream text NOT NULL,
+                     object text NOT NULL,
+                     rows bigint NOT NULL,
+                     rejected bigint NOT NULL,
+                     loaded_at timestamptz NOT NULL DEFAULT now(),
+                     PRIMARY KEY (stream, object));
+                 COMMIT",
+            )
+            .await
+            .map_err(unavailable)?;
+        let found = client
+            .query(
+                "SELECT column_name, data_type, character_maximum_length
+                   FROM information_schema.columns
+                  WHERE table_schema = $1 AND table_name = $2
+                  ORDER BY ordinal_position",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(unavailable)?;
+        let all: Vec<Column> = found
+            .iter()
+            .map(|r| Column {
+                name: r.get(0),
+                data_type: r.get(1),
+                max_chars: r.get::<_, Option<i32>>(2).map(|n| n as usize),
+            })
+            .collect();
+        if all.is_empty() {
+            return Err(LoadError::Table(format!(
+                "table {}.{} does not exist (or the user cannot see it)",
+                table.schema, table.table
+            )));
+        }
+        let columns = match columns {
+            None => all,
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    let folded = n.trim().to_ascii_lowercase();
+                    all.iter()
+                        .find(|c| c.name == folded)
+                        .cloned()
+                        .ok_or_else(|| {
+                            LoadError::Table(format!(
+                                "table {}.{} has no column {n:?}",
+                                table.schema, table.table
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let list: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+        let copy = format!("COPY {} ({}) FROM STDIN", table.quoted(), list.join(", "));
+        Ok(Loader {
+            client,
+            table,
+            columns,
+            copy,
+        })
+    }
+
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// Loads one object's rows exactly once (see the module docs), refusing
+    /// at most `max_error` rows.
+    pub async fn load(
+        &mut self,
+        stream: &str,
+        object: &str,
+        rows: &[Row],
+        max_error: u64,
+    ) -> Result<Outcome, LoadError> {
+        for r in rows {
+            if r.len() != self.columns.len() {
+                return Err(LoadError::Table(format!(
+                    "a row has {} values for {} columns",
+                    r.len(),
+                    self.columns.len()
+                )));
+            }
+        }
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut refused = vec![false; rows.len()];
+        loop {
+            let keep: Vec<usize> = (0..rows.len()).filter(|i| !refused[*i]).collect();
+            let tx = self.client.transaction().await.map_err(unavailable)?;
+            let fresh = tx
+                .execute(
+                    "INSERT INTO hydrant.loads (stream, object, rows, rejected)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[
+                        &stream,
+                        &object,
+                        &(keep.len() as i64),
+                        &(rejected.len() as i64),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if fresh == 0 {
+                return Ok(Outcome::AlreadyLoaded);
+            }
+            let mut body = Vec::new();
+            for &i in &keep {
+                text_row(&rows[i], &mut body);
+            }
+            let copied = async {
+                let sink = tx.copy_in(&self.copy).await?;
+                futures::pin_mut!(sink);
+                sink.send(bytes::Bytes::from(body)).await?;
+                sink.finish().await
+            }
+            .await;
+            match copied {
+                Ok(n) => {
+                    tx.commit().await.map_err(unavailable)?;
+                    return Ok(Outcome::Loaded { rows: n, rejected });
+                }
+                Err(e) => {
+                    let Some((line, db)) = e
+                        .as_db_error()
+                        .and_then(|db| copy_line(db.where_()?).map(|l| (l, db)))
+                    else {
+                        return Err(match e.as_db_error() {
+                            Some(db) if db.code().code().starts_with("42") => {
+                                LoadError::Table(format!(
+                                    "{}.{}: {}",
+                                    self.table.schema,
+                                    self.table.table,
+                                    db.message()
+                                ))
+                            }
+                            _ => unavailable(e),
+                        });
+                    };
+                    let row = *keep.get(line - 1).ok_or_else(|| {
+                        LoadError::Unavailable(format!(
+                            "COPY refused line {line} of {}",
+                            keep.len()
+                        ))
+                    })?;
+                    refused[row] = true;
+                    rejected.push(Rejected {
+                        row,
+                        code: db.code().code().to_string(),
+                        message: db.message().to_string(),
+                    });
+                    drop(tx);
+                    if rejected.len() as u64 > max_error {
+                        return Err(LoadError::TooManyRejected(rejected));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The line a COPY error's context names (`COPY t, line 3, column a: …`).
+fn copy_line(context: &str) -> Option<usize> {
+    let rest = &context[context.find(", line ")? + 7..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+/// One row in COPY's text format: tab-separated, `\N` for NULL, with
+/// backslash, tab, newline and carriage return escaped.
+fn text_row(row: &Row, out: &mut Vec<u8>) {
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match v {
+            None => out.extend_from_slice(b"\\N"),
+            Some(s) => {
+                for b in s.bytes() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        _ => out.push(b),
+                    }
+                }
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_escape_for_copy_text() {
+        let mut out = Vec::new();
+        text_row(
+            &vec![Some("a\tb\\c\nd\r".into()), None, Some(String::new())],
+            &mut out,
+        );
+        assert_eq!(out, b"a\\tb\\\\c\\nd\\r\t\\N\t\n");
+    }
+
+    #[test]
+    fn copy_error_context_names_the_line() {
+        assert_eq!(copy_line("COPY t, line 3, column a: \"x\""), Some(3));
+        assert_eq!(copy_line("COPY t, line 12"), Some(12));
+        assert_eq!(copy_line("PL/pgSQL function"), None);
+    }
+
+    #[test]
+    fn table_names_fold_and_refuse() {
+        assert_eq!(
+            TableName::parse("Sales.Events").unwrap(),
+            TableName {
+                schema: "sales".into(),
+                table: "events".into()
+            }
+        );
+        assert_eq!(TableName::parse("events").unwrap().schema, "public");
+        for bad in ["", "a.b.c", "1t", "t;drop", "\"t\"", "s."] {
+            assert!(TableName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

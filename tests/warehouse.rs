@@ -1,0 +1,220 @@
+//! The warehouse loader against the PostgreSQL on 127.0.0.1:5432 (user
+//! postgres, database test): exactly once per object, one bad row fails
+//! alone, MAXERROR bounds the refusals, a missing table or column is named.
+//! Without that server the tests skip loudly, and fail when CI=true.
+
+use hydrant::warehouse::jdbc::Target;
+use hydrant::warehouse::load::{LoadError, Loader, Outcome, Row, TableName};
+
+const URL: &str = "jdbc:postgresql://127.0.0.1:5432/test?connectTimeout=5";
+
+/// A client for setting up and reading back, or None (skipped) without a server.
+async fn admin() -> Option<tokio_postgres::Client> {
+    match tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5",
+        tokio_postgres::NoTls,
+    )
+    .await
+    {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            Some(client)
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL on 127.0.0.1:5432 is needed (CI=true): {e}"
+            );
+            eprintln!("SKIPPED: no PostgreSQL on 127.0.0.1:5432 ({e})");
+            None
+        }
+    }
+}
+
+/// A fresh table named for the test.
+async fn table(admin: &tokio_postgres::Client, test: &str) -> String {
+    let name = format!("wh_{test}_{}", std::process::id());
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {name};
+             CREATE TABLE {name} (id int PRIMARY KEY, source varchar(8) NOT NULL, amount numeric(10,2), at timestamptz)"
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute("DELETE FROM hydrant.loads WHERE stream = $1", &[&name])
+        .await
+        .ok();
+    name
+}
+
+fn row(id: &str, source: Option<&str>, amount: &str) -> Row {
+    vec![
+        Some(id.into()),
+        source.map(Into::into),
+        Some(amount.into()),
+        Some("2026-11-28 13:00:00+00".into()),
+    ]
+}
+
+async fn ids(admin: &tokio_postgres::Client, name: &str) -> Vec<i32> {
+    admin
+        .query(&format!("SELECT id FROM {name} ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn loader(name: &str) -> Loader {
+    Loader::connect(
+        &Target::parse(URL).unwrap(),
+        "postgres",
+        "",
+        TableName::parse(name).unwrap(),
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn an_object_loads_once_however_often_it_is_loaded() {
+    let Some(admin) = admin().await else { return };
+    let name = table(&admin, "once").await;
+    let mut l = loader(&name).await;
+    let rows: Vec<Row> = (1..=100)
+        .map(|i| row(&i.to_string(), Some("web"), "1.50"))
+        .collect();
+    let first = l.load(&name, "objects/a", &rows, 0).await.unwrap();
+    assert_eq!(
+        first,
+        Outcome::Loaded {
+            rows: 100,
+            rejected: vec![]
+        }
+    );
+    // A retry (after a lost commit acknowledgement, a restart) changes nothing.
+    assert_eq!(
+        l.load(&name, "objects/a", &rows, 0).await.unwrap(),
+        Outcome::AlreadyLoaded
+    );
+    let mut other = loader(&name).await;
+    assert_eq!(
+        other.load(&name, "objects/a", &rows, 0).await.unwrap(),
+        Outcome::AlreadyLoaded
+    );
+    assert_eq!(ids(&admin, &name).await, (1..=100).collect::<Vec<_>>());
+    let ledger: i64 = admin
+        .query_one(
+            "SELECT rows FROM hydrant.loads WHERE stream = $1 AND object = 'objects/a'",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledger, 100);
+    // Values that need escaping arrive as they were.
+    let odd = vec![vec![Some("101".into()), Some("a\tb\\c".into()), None, None]];
+    l.load(&name, "objects/b", &odd, 0).await.unwrap();
+    let got: String = admin
+        .query_one(&format!("SELECT source FROM {name} WHERE id = 101"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, "a\tb\\c");
+    admin
+        .batch_execute(&format!("DROP TABLE {name}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_rows_fail_alone_until_maxerror() {
+    let Some(admin) = admin().await else { return };
+    let name = table(&admin, "bad").await;
+    let mut l = loader(&name).await;
+    let rows = vec![
+        row("1", Some("web"), "1"),
+        row("x", Some("web"), "1"),              // not an int
+        row("3", None, "1"),                     // NOT NULL
+        row("4", Some("much-too-long"), "1"),    // varchar(8)
+        row("5", Some("ios"), "12345678901234"), // numeric(10,2) overflow
+        row("6", Some("ios"), "2.5"),
+    ];
+    match l.load(&name, "objects/bad", &rows, 3).await {
+        Err(LoadError::TooManyRejected(r)) => assert_eq!(r.len(), 4),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        ids(&admin, &name).await,
+        Vec::<i32>::new(),
+        "past MAXERROR nothing loads"
+    );
+    match l.load(&name, "objects/bad", &rows, 4).await.unwrap() {
+        Outcome::Loaded { rows: n, rejected } => {
+            assert_eq!(n, 2);
+            let which: Vec<(usize, &str)> =
+                rejected.iter().map(|r| (r.row, r.code.as_str())).collect();
+            assert_eq!(
+                which,
+                [(1, "22P02"), (2, "23502"), (3, "22001"), (4, "22003")]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ids(&admin, &name).await, [1, 6]);
+    admin
+        .batch_execute(&format!("DROP TABLE {name}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_table_or_column_is_named() {
+    let Some(admin) = admin().await else { return };
+    let name = table(&admin, "cols").await;
+    let target = Target::parse(URL).unwrap();
+    let err = Loader::connect(
+        &target,
+        "postgres",
+        "",
+        TableName::parse("no_such_table").unwrap(),
+        None,
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("public.no_such_table does not exist"), "{err}");
+    let cols = ["id".to_string(), "nope".to_string()];
+    let err = Loader::connect(
+        &target,
+        "postgres",
+        "",
+        TableName::parse(&name).unwrap(),
+        Some(&cols),
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("has no column \"nope\""), "{err}");
+    let cols = ["Source".to_string(), "ID".to_string()];
+    let l = Loader::connect(
+        &target,
+        "postgres",
+        "",
+        TableName::parse(&name).unwrap(),
+        Some(&cols),
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = l.columns().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["source", "id"]);
+    admin
+        .batch_execute(&format!("DROP TABLE {name}"))
+        .await
+        .unwrap();
+}
