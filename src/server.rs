@@ -57,15 +57,16 @@ pub async fn start(
             opts.listen
         )
     })?;
-    // Errors in the config name its file and key.
-    let in_file = |key: &str, e: String| match &opts.config.file {
-        Some(f) => anyhow::anyhow!("config file {}: {key}: {e}", f.display()),
-        None => anyhow::anyhow!("{key}: {e}"),
+    // Errors in the config name its file (and their own key).
+    let config_file = opts.config.file.clone();
+    let in_file = |e: anyhow::Error| match &config_file {
+        Some(f) => e.context(format!("config file {}", f.display())),
+        None => e,
     };
     let auth = crate::api::auth::Auth::new(&opts.config.auth, opts.config.tls.is_some())
-        .map_err(|e| in_file("auth", e))?;
+        .map_err(|e| in_file(anyhow::anyhow!("auth: {e}")))?;
     let tls = match &opts.config.tls {
-        Some(t) => Some(tls_acceptor(t).map_err(|e| in_file("tls", e))?),
+        Some(t) => Some(tls_acceptor(t).map_err(|e| in_file(anyhow::anyhow!("tls: {e}")))?),
         None => None,
     };
     if !addr.ip().is_loopback() && !auth.enabled() {
@@ -100,10 +101,7 @@ pub async fn start(
         Err(e) => {
             // Leave nothing running behind the error.
             let _ = registry.shutdown().await;
-            return Err(match &opts.config.file {
-                Some(f) => e.context(format!("config file {}", f.display())),
-                None => e,
-            });
+            return Err(in_file(e));
         }
     };
     let app = Arc::new(App {

@@ -67,16 +67,21 @@ async fn ids(admin: &tokio_postgres::Client, name: &str) -> Vec<i32> {
         .collect()
 }
 
-async fn loader(name: &str) -> Loader {
+/// A loader for a table (and its columns, or all of them) on the test server.
+async fn connect(table: &str, columns: Option<&[String]>) -> Result<Loader, LoadError> {
+    let target = Target::parse(URL).unwrap();
     Loader::connect(
-        &Target::parse(URL).unwrap(),
+        &target,
         "postgres",
         "",
-        TableName::parse(name).unwrap(),
-        None,
+        TableName::parse(table).unwrap(),
+        columns,
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn loader(name: &str) -> Loader {
+    connect(name, None).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]
@@ -175,42 +180,17 @@ async fn bad_rows_fail_alone_until_maxerror() {
 async fn a_missing_table_or_column_is_named() {
     let Some(admin) = admin().await else { return };
     let name = table(&admin, "cols").await;
-    let target = Target::parse(URL).unwrap();
-    let err = Loader::connect(
-        &target,
-        "postgres",
-        "",
-        TableName::parse("no_such_table").unwrap(),
-        None,
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    let err = connect("no_such_table", None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("public.no_such_table does not exist"), "{err}");
     let cols = ["id".to_string(), "nope".to_string()];
-    let err = Loader::connect(
-        &target,
-        "postgres",
-        "",
-        TableName::parse(&name).unwrap(),
-        Some(&cols),
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    let err = connect(&name, Some(&cols)).await.err().unwrap().to_string();
     assert!(err.contains("has no column \"nope\""), "{err}");
     let cols = ["Source".to_string(), "ID".to_string()];
-    let l = Loader::connect(
-        &target,
-        "postgres",
-        "",
-        TableName::parse(&name).unwrap(),
-        Some(&cols),
-    )
-    .await
-    .unwrap();
+    let l = connect(&name, Some(&cols)).await.unwrap();
     let names: Vec<&str> = l.columns().iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["source", "id"]);
     admin

@@ -61,7 +61,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 pub struct StreamAggregates {
     pub stream: String,
     pub aggregators: Mutex<Vec<Aggregator>>,
-    outputs: Vec<Option<String>>,
     /// Records skipped because the log removed them before they were read.
     pub missed: AtomicU64,
     pub processed: AtomicU64,
@@ -236,7 +235,7 @@ pub fn start(
                     c.name
                 );
             }
-            outputs.push(c.output_stream.clone());
+            outputs.push(c.output_stream.as_ref().and_then(|o| registry.get(o)));
             fingerprints.push(format!("{c:?}"));
             aggregators
                 .push(Aggregator::new(c).map_err(|e| anyhow::anyhow!("aggregates.{name}: {e}"))?);
@@ -271,7 +270,7 @@ pub fn start(
             }
         }
         for (a, out) in aggregators.iter_mut().zip(&outputs) {
-            if let Some(out) = out.as_ref().and_then(|o| registry.get(o)) {
+            if let Some(out) = out {
                 let at = out.log.position(&producer(&name, a.name()));
                 a.send_from(at.and_then(|p| p.parse().ok()));
             }
@@ -280,15 +279,9 @@ pub fn start(
         let sa = Arc::new(StreamAggregates {
             stream: name,
             aggregators: Mutex::new(aggregators),
-            outputs,
             missed: AtomicU64::new(0),
             processed: AtomicU64::new(0),
         });
-        let outputs: Vec<Option<Arc<Stream>>> = sa
-            .outputs
-            .iter()
-            .map(|o| o.as_ref().and_then(|n| registry.get(n)))
-            .collect();
         let task = Task {
             sa: sa.clone(),
             source,
@@ -483,14 +476,13 @@ impl Task {
                     for w in &windows {
                         frames.push(now, &w.to_json_record());
                     }
-                    to_send.push((i, out.clone(), frames, through));
+                    let id = producer(&self.sa.stream, a.name());
+                    to_send.push((i, out.clone(), id, frames, through));
                 }
             }
         }
         let mut ok = true;
-        for (i, out, frames, through) in to_send {
-            let name = self.sa.aggregators.lock().unwrap()[i].name().to_owned();
-            let id = producer(&self.sa.stream, &name);
+        for (i, out, id, frames, through) in to_send {
             match out.put_marked(frames, &id, &through.to_string()).await {
                 Ok(_) => self.sa.aggregators.lock().unwrap()[i].mark_sent(through),
                 Err(e) => {

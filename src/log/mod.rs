@@ -118,6 +118,8 @@ pub enum LogError {
     Io { file: PathBuf, err: io::Error },
     #[error("offsets {offset}..{first} were removed before this reader read them (the log reached its bound)")]
     Removed { offset: u64, first: u64 },
+    #[error("a marked append: {0}")]
+    BadMark(String),
 }
 
 impl LogError {
@@ -483,10 +485,7 @@ impl Log {
         producer: &str,
         position: &str,
     ) -> Result<u64, LogError> {
-        let bad = |what: String| LogError::Corrupt {
-            file: self.shared.dir.clone(),
-            what,
-        };
+        let bad = LogError::BadMark;
         if producer.is_empty() || producer.len() > MAX_PRODUCER_BYTES {
             return Err(bad(format!(
                 "a producer name is 1 to {MAX_PRODUCER_BYTES} bytes"

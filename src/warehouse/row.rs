@@ -83,15 +83,15 @@ pub fn rows(body: &[u8], opts: &CopyOptions, columns: &[Column]) -> Vec<Result<R
         match &opts.format {
             RecordFormat::Json { ignore_case } => {
                 for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
-                    out.push(match v {
-                        Ok(Value::Object(obj)) => {
-                            json_row(&obj, *ignore_case, opts, columns).map_err(unreadable)
+                    match v {
+                        Ok(Value::Object(obj)) => out
+                            .push(json_row(&obj, *ignore_case, opts, columns).map_err(unreadable)),
+                        Ok(_) => out.push(Err(unreadable("not a JSON object".into()))),
+                        // Nothing more of the line can be read past a syntax error.
+                        Err(e) => {
+                            out.push(Err(unreadable(format!("not JSON: {e}"))));
+                            break;
                         }
-                        Ok(_) => Err(unreadable("not a JSON object".into())),
-                        Err(e) => Err(unreadable(format!("not JSON: {e}"))),
-                    });
-                    if matches!(out.last(), Some(Err(u)) if u.reason.starts_with("not JSON")) {
-                        break;
                     }
                 }
             }
