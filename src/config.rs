@@ -49,13 +49,20 @@ pub struct Config {
     /// embedded lake, by bucket name (the NAME of `arn:aws:s3:::NAME`).
     /// Every other bucket is a directory under `<data_dir>/lake/`.
     #[serde(default)]
-    pub buckets: std::collections::BTreeMap<String, crate::delivery::store::S3Bucket>,
+    pub buckets: std::collections::BTreeMap<String, crate::destination::lake::store::S3Bucket>,
     /// Tables a stream's DataFormatConversionConfiguration can name, as it
     /// names a Glue table (`SchemaConfiguration: {DatabaseName, TableName}`),
     /// keyed `database.table`: `{columns: [{Name, Type}]}` with Hive types,
     /// or `{infer_from_data: true}`.
     #[serde(default)]
     pub glue_tables: crate::spec::Catalog,
+    /// hydrant's stand-in for AWS Secrets Manager: what a stream's
+    /// `SecretsManagerConfiguration.SecretARN` names, keyed by that ARN:
+    /// `{username, password}`, each value or the environment variable that
+    /// holds it (`username_env`, `password_env`), so no password need sit
+    /// in this file.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, crate::spec::SecretConfig>,
     /// Delivery streams, each written as a Firehose CreateDeliveryStream
     /// request. They are created at start, or updated if they exist.
     #[serde(default)]
@@ -226,6 +233,25 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The Glue tables and secrets stream definitions may name, with every
+    /// secret resolved (an unset environment variable is an error here).
+    pub fn declared(&self) -> Result<crate::spec::Declared, String> {
+        let mut secrets = crate::spec::Secrets::new();
+        for (arn, s) in &self.secrets {
+            if arn.is_empty() || arn.len() > 2048 {
+                return Err("secrets: a SecretARN must be 1 to 2048 characters".to_string());
+            }
+            secrets.insert(
+                arn.clone(),
+                s.resolve().map_err(|e| format!("secrets.{arn}: {e}"))?,
+            );
+        }
+        Ok(crate::spec::Declared {
+            tables: self.glue_tables.clone(),
+            secrets,
+        })
+    }
+
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|err| ConfigError::Read {
             file: file.into(),
@@ -307,6 +333,10 @@ impl Config {
                 err: "log.segment_mb must be at least 1 and log.max_mb_per_stream at least log.segment_mb".into(),
             });
         }
+        let declared = config.declared().map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            err: e,
+        })?;
         // Validate each stream now, so a mistake names the file and the entry.
         let mut names = std::collections::BTreeMap::new();
         for (index, s) in config.delivery_streams.iter().enumerate() {
@@ -321,7 +351,7 @@ impl Config {
                     ),
                 });
             }
-            if let Err(e) = crate::spec::parse(s, &config.glue_tables) {
+            if let Err(e) = crate::spec::parse(s, &declared) {
                 return Err(ConfigError::Stream {
                     file: file.into(),
                     index,

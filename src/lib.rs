@@ -3,10 +3,11 @@
 //! The modules follow the data path:
 //!
 //! ```text
-//!  producers ──► server ──► api ──► stream ──► log ──► delivery ──► lake (local dir or S3)
-//!               (limits,   (Firehose,  (registry,  (write-ahead   (batcher, prefixes,
-//!                TLS)       S3 read,    intake)     log, group     exactly-once state,
-//!                           auth)                   commit)        objects, stores)
+//!  producers ──► server ──► api ──► stream ──► log ──► delivery ──► destination
+//!               (limits,   (Firehose,  (registry,  (write-ahead   (batcher,      lake: objects, local dir or S3
+//!                TLS)       S3 read,    intake)     log, group     prefixes,      warehouse: staged in the lake,
+//!                           auth)                   commit)        exactly-once   then COPY into PostgreSQL,
+//!                                                                  state)         once per object (ledger)
 //!                                                    │
 //!                                                    └──► analytics (windowed aggregates, ──► dashboard
 //!                                                          state saved with its log offset;
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod dashboard;
 pub mod delivery;
+pub mod destination;
 pub mod generate;
 pub mod histogram;
 pub mod log;
@@ -33,4 +35,3 @@ pub mod query;
 pub mod server;
 pub mod spec;
 pub mod stream;
-pub mod warehouse;

@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         allow_unauthenticated_network: bool,
     },
+    /// Load into the warehouse the staged objects whose manifests a Redshift
+    /// stream put in its error output, exactly once (objects loaded before
+    /// are skipped, so running it again is harmless).
+    Backfill {
+        /// The delivery stream.
+        stream: String,
+        /// A manifest's key in the stream's staging bucket (repeatable)
+        /// [default: every manifest of the stream in its error output].
+        #[arg(long = "manifest")]
+        manifests: Vec<String>,
+        /// The data directory hydrant serves from [default: ./data, or `data_dir` in the config].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The config file hydrant serves with (for its secrets and buckets).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Start hydrant with the tutorial's stream and a producer sending to it.
     Demo {
         #[arg(long, default_value = DEFAULT_LISTEN)]
@@ -118,6 +135,15 @@ enum Command {
         /// visibility in SQL (a stream with a 1-second interval).
         #[arg(long, default_value_t = 0)]
         freshness: usize,
+        /// Instead: measure loading into this PostgreSQL
+        /// (jdbc:postgresql://host:port/db; PGUSER, PGPASSWORD) beside psql
+        /// \copy and row-by-row INSERTs, then the load lag at --rate
+        /// (default here 50000) for --duration-seconds.
+        #[arg(long)]
+        warehouse: Option<String>,
+        /// Rows per run for --warehouse.
+        #[arg(long, default_value_t = 500_000)]
+        rows: usize,
     },
 }
 
@@ -239,6 +265,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await
         .map(|_| ()),
+        Command::Backfill {
+            stream,
+            manifests,
+            data_dir,
+            config,
+        } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            let data_dir = data_dir
+                .or(config.data_dir.clone())
+                .unwrap_or("./data".into());
+            hydrant::destination::warehouse::task::backfill(&data_dir, &config, &stream, manifests)
+                .await
+        }
         Command::Bench {
             endpoint,
             stream,
@@ -251,7 +293,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             parquet,
             freshness,
+            warehouse,
+            rows,
         } => {
+            if let Some(url) = warehouse {
+                return hydrant::bench::warehouse::run(hydrant::bench::warehouse::Options {
+                    url,
+                    runs,
+                    rows,
+                    rate: if rate == 0 { 50_000 } else { rate },
+                    duration: Duration::from_secs(duration_seconds),
+                })
+                .await;
+            }
             hydrant::bench::run(hydrant::bench::BenchOptions {
                 endpoint,
                 stream,

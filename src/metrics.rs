@@ -120,6 +120,95 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
             );
         }
     }
+    let warehouses: Vec<_> = streams
+        .iter()
+        .filter_map(|s| Some((s, s.warehouse.as_ref()?)))
+        .collect();
+    type GetW = fn(&crate::destination::warehouse::WarehouseStats) -> u64;
+    let wseries: [(&str, &str, &str, GetW); 4] = [
+        (
+            "hydrant_warehouse_objects_staged_total",
+            "counter",
+            "Objects staged for loading into the warehouse.",
+            |w| w.objects_staged.load(Relaxed),
+        ),
+        (
+            "hydrant_warehouse_objects_loaded_total",
+            "counter",
+            "Staged objects loaded into the warehouse table.",
+            |w| w.objects_loaded.load(Relaxed),
+        ),
+        (
+            "hydrant_warehouse_rows_loaded_total",
+            "counter",
+            "Rows committed into the warehouse table.",
+            |w| w.rows_loaded.load(Relaxed),
+        ),
+        (
+            "hydrant_warehouse_manifests_failed_total",
+            "counter",
+            "Objects not loaded whose manifest went to the error output.",
+            |w| w.manifests_failed.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in wseries {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (s, (w, _)) in &warehouses {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\"}} {}",
+                label(&s.spec.name),
+                get(w)
+            );
+        }
+    }
+    let name = "hydrant_warehouse_rows_rejected_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Rows the warehouse refused (sent to the error output), by reason.\n# TYPE {name} counter"
+    );
+    for (s, (w, _)) in &warehouses {
+        for (reason, n) in w.rejected.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\",reason=\"{}\"}} {n}",
+                label(&s.spec.name),
+                label(reason)
+            );
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "hydrant_warehouse_lag_records",
+            "Records acknowledged but not yet committed in the warehouse table.",
+            0,
+        ),
+        (
+            "hydrant_warehouse_lag_seconds",
+            "Age of the oldest record not yet committed in the warehouse table.",
+            1,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (s, _) in &warehouses {
+            if let Some((records, seconds)) = s.load_lag(now) {
+                let v = if pick == 0 { records as f64 } else { seconds };
+                let _ = writeln!(out, "{name}{{stream=\"{}\"}} {v}", label(&s.spec.name));
+            }
+        }
+    }
+    let name = "hydrant_warehouse_load_lag_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Per object loaded: from its oldest record's acknowledgement to its commit.\n# TYPE {name} histogram"
+    );
+    for (s, (w, _)) in &warehouses {
+        w.load_lag.render(
+            &mut out,
+            name,
+            &format!("stream=\"{}\"", label(&s.spec.name)),
+        );
+    }
     let name = "hydrant_log_fsync_seconds";
     let _ = writeln!(
         out,

@@ -92,7 +92,9 @@ pub async fn start(
         opts.config.log.options(),
         opts.config.delivery.max_active_partitions,
         &opts.config.buckets,
-        opts.config.glue_tables,
+        opts.config
+            .declared()
+            .map_err(|e| in_file(anyhow::anyhow!(e)))?,
         opts.config.delivery_streams,
     )
     .await?;

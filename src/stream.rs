@@ -29,8 +29,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::delivery::store::{LocalStore, S3Bucket, Stores};
 use crate::delivery::{self, Delivery, DeliveryStats};
+use crate::destination::lake::store::{LocalStore, S3Bucket, Stores};
+use crate::destination::lake::{Backup, Lake};
+use crate::destination::warehouse::queue::Queue;
+use crate::destination::warehouse::task::{Loading, Task};
+use crate::destination::warehouse::{Warehouse, WarehouseStats};
+use crate::destination::Destination;
 use crate::log::{Frames, Log, LogError, LogOptions};
 use crate::spec::{self, StreamSpec};
 
@@ -67,6 +72,10 @@ pub struct Stream {
     pub log: Log,
     pub intake: IntakeStats,
     pub delivery: Arc<DeliveryStats>,
+    /// For a warehouse destination: its loads, and the staged objects waiting.
+    pub warehouse: Option<(Arc<WarehouseStats>, Arc<Queue>)>,
+    /// The loading task, stopped after delivery when the stream closes.
+    loader: std::sync::Mutex<Option<(watch::Sender<bool>, std::thread::JoinHandle<()>)>>,
     dir: PathBuf,
     /// `false` once the stream is closed to puts.
     gate: Arc<tokio::sync::RwLock<bool>>,
@@ -241,6 +250,13 @@ impl Stream {
                 .unwrap_or_else(|_| Err("the delivery thread is gone".into()));
             *self.closed.lock().unwrap() = Some(result);
         }
+        // Loading stops between objects (or retries); what is still queued
+        // is loaded at the next start.
+        let loader = self.loader.lock().unwrap().take();
+        if let Some((stop, thread)) = loader {
+            let _ = stop.send(true);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         self.closed.lock().unwrap().clone().unwrap_or(Ok(()))
     }
 
@@ -259,13 +275,24 @@ impl Stream {
         let tail = self.log.tail().borrow().next_offset;
         tail.saturating_sub(self.delivery.committed_offset.load(Ordering::Relaxed))
     }
+
+    /// For a warehouse destination: records acknowledged but not yet
+    /// committed in the table (not yet staged, or staged and queued), and
+    /// the age in seconds of the oldest of them.
+    pub fn load_lag(&self, now_ms: i64) -> Option<(u64, f64)> {
+        let (_, queue) = self.warehouse.as_ref()?;
+        let (_, queued, oldest_queued) = queue.backlog();
+        let staged_lag = self.lag_seconds(now_ms);
+        let queued_lag = oldest_queued.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1000.0);
+        Some((self.lag_records() + queued, staged_lag.max(queued_lag)))
+    }
 }
 
 pub struct Registry {
     data_dir: PathBuf,
     opts: LogOptions,
     max_partitions: usize,
-    catalog: spec::Catalog,
+    declared: spec::Declared,
     store: Stores,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     /// Serializes create and delete, which touch the disk.
@@ -284,8 +311,8 @@ impl Registry {
         opts: LogOptions,
         max_partitions: usize,
         buckets: &BTreeMap<String, S3Bucket>,
-        catalog: spec::Catalog,
-        declared: Vec<Value>,
+        declared: spec::Declared,
+        streams: Vec<Value>,
     ) -> anyhow::Result<Registry> {
         use anyhow::Context;
         let streams_dir = data_dir.join("streams");
@@ -297,7 +324,7 @@ impl Registry {
             data_dir: data_dir.to_path_buf(),
             opts,
             max_partitions,
-            catalog,
+            declared,
             store: Stores::new(local, buckets).map_err(|e| anyhow::anyhow!("{e}"))?,
             streams: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -321,8 +348,8 @@ impl Registry {
             on_disk.insert(name, meta);
         }
         let mut names_declared = std::collections::BTreeSet::new();
-        for request in declared {
-            let spec = spec::parse(&request, &reg.catalog).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for request in streams {
+            let spec = spec::parse(&request, &reg.declared).map_err(|e| anyhow::anyhow!("{e}"))?;
             let name = spec.name.clone();
             if !names_declared.insert(name.clone()) {
                 anyhow::bail!("delivery stream {name} is declared twice");
@@ -350,7 +377,7 @@ impl Registry {
             }
         }
         for (name, mut meta) in on_disk {
-            let spec = spec::parse(&meta.request, &reg.catalog).map_err(|e| {
+            let spec = spec::parse(&meta.request, &reg.declared).map_err(|e| {
                 anyhow::anyhow!("stored delivery stream {name} is no longer valid: {e}")
             })?;
             if meta.origin == Origin::Config {
@@ -393,12 +420,55 @@ impl Registry {
         let log = Log::open(&dir.join("log"), committed, self.opts)?;
         let stats = Arc::new(DeliveryStats::default());
         let (stop, stop_rx) = watch::channel(false);
+        let lake = Lake {
+            stores: self.store.clone(),
+            bucket: spec.bucket.clone(),
+        };
+        let (destination, warehouse, loader): (Arc<dyn Destination>, _, _) = match &spec.warehouse {
+            None => (Arc::new(lake), None, None),
+            Some(w) => {
+                use anyhow::Context;
+                let queue = Arc::new(
+                    Queue::open(&dir.join("loads"))
+                        .with_context(|| format!("opening {}", dir.join("loads").display()))?,
+                );
+                let wstats = Arc::new(WarehouseStats::default());
+                let task = Task {
+                    loading: Loading {
+                        spec: spec.clone(),
+                        stores: self.store.clone(),
+                    },
+                    queue: queue.clone(),
+                    stats: wstats.clone(),
+                };
+                let (stop_loading, stop_loading_rx) = watch::channel(false);
+                let thread = task.start(stop_loading_rx)?;
+                let destination = Warehouse {
+                    staging: lake,
+                    backup: w.backup.as_ref().map(|b| Backup {
+                        stores: self.store.clone(),
+                        bucket: b.bucket.clone(),
+                        prefix: b.prefix.clone(),
+                        compression: b.compression,
+                        source_compression: spec.compression,
+                        append_delimiter: spec.append_delimiter,
+                    }),
+                    queue: queue.clone(),
+                    stats: wstats.clone(),
+                };
+                (
+                    Arc::new(destination) as Arc<dyn Destination>,
+                    Some((wstats, queue)),
+                    Some((stop_loading, thread)),
+                )
+            }
+        };
         let d = Delivery {
             spec: spec.clone(),
             incarnation: meta.incarnation,
             dir: dir.clone(),
             log: log.clone(),
-            store: self.store.clone(),
+            destination,
             stats: stats.clone(),
             max_partitions: self.max_partitions,
         };
@@ -412,6 +482,8 @@ impl Registry {
             log,
             intake: IntakeStats::default(),
             delivery: stats,
+            warehouse,
+            loader: std::sync::Mutex::new(loader),
             dir,
             gate: Arc::new(tokio::sync::RwLock::new(true)),
             stop,
@@ -435,7 +507,7 @@ impl Registry {
 
     /// CreateDeliveryStream.
     pub async fn create(&self, request: Value) -> Result<Arc<Stream>, AdminError> {
-        let spec = spec::parse(&request, &self.catalog)?;
+        let spec = spec::parse(&request, &self.declared)?;
         let _admin = self.admin.lock().await;
         if self.get(&spec.name).is_some() {
             return Err(AdminError::Exists(format!(
@@ -528,6 +600,21 @@ impl Registry {
         );
         Ok(())
     }
+}
+
+/// The CreateDeliveryStream request of a stream in `data_dir`, as stored.
+pub fn definition(data_dir: &Path, name: &str) -> anyhow::Result<Value> {
+    use anyhow::Context;
+    spec::check_stream_name(name)?;
+    let path = data_dir.join("streams").join(name).join("stream.json");
+    let meta: Meta = serde_json::from_slice(&std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (is {name} a stream of this data dir?)",
+            path.display()
+        )
+    })?)
+    .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(meta.request)
 }
 
 fn write_meta(dir: &Path, meta: &Meta) -> anyhow::Result<()> {

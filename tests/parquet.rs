@@ -10,7 +10,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::statistics::Statistics;
-use hydrant::delivery::parquet::{
+use hydrant::destination::lake::parquet::{
     encode, InferredSchema, ParquetCompression, ParquetOptions, TableSchema,
 };
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use hydrant::delivery::parquet::{encode, InferredSchema, ParquetOptions, TableSchema};
+use hydrant::destination::lake::parquet::{encode, InferredSchema, ParquetOptions, TableSchema};
 use hydrant::query::{
     to_csv, to_json, to_table, JsonCompression, Lake, QueryError, TableDef, TableFormat,
 };

@@ -3,8 +3,8 @@
 //! alone, MAXERROR bounds the refusals, a missing table or column is named.
 //! Without that server the tests skip loudly, and fail when CI=true.
 
-use hydrant::warehouse::jdbc::Target;
-use hydrant::warehouse::load::{LoadError, Loader, Outcome, Row, TableName};
+use hydrant::destination::warehouse::jdbc::Target;
+use hydrant::destination::warehouse::load::{LoadError, Loader, Outcome, Row, TableName};
 
 const URL: &str = "jdbc:postgresql://127.0.0.1:5432/test?connectTimeout=5";
 
@@ -92,7 +92,10 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
     let rows: Vec<Row> = (1..=100)
         .map(|i| row(&i.to_string(), Some("web"), "1.50"))
         .collect();
-    let first = l.load(&name, "objects/a", &rows, 0).await.unwrap();
+    let first = l
+        .load(&name, "objects/a", &rows, 0, 0, |r| async { Ok(r) })
+        .await
+        .unwrap();
     assert_eq!(
         first,
         Outcome::Loaded {
@@ -102,12 +105,17 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
     );
     // A retry (after a lost commit acknowledgement, a restart) changes nothing.
     assert_eq!(
-        l.load(&name, "objects/a", &rows, 0).await.unwrap(),
+        l.load(&name, "objects/a", &rows, 0, 0, |r| async { Ok(r) })
+            .await
+            .unwrap(),
         Outcome::AlreadyLoaded
     );
     let mut other = loader(&name).await;
     assert_eq!(
-        other.load(&name, "objects/a", &rows, 0).await.unwrap(),
+        other
+            .load(&name, "objects/a", &rows, 0, 0, |r| async { Ok(r) })
+            .await
+            .unwrap(),
         Outcome::AlreadyLoaded
     );
     assert_eq!(ids(&admin, &name).await, (1..=100).collect::<Vec<_>>());
@@ -122,7 +130,9 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
     assert_eq!(ledger, 100);
     // Values that need escaping arrive as they were.
     let odd = vec![vec![Some("101".into()), Some("a\tb\\c".into()), None, None]];
-    l.load(&name, "objects/b", &odd, 0).await.unwrap();
+    l.load(&name, "objects/b", &odd, 0, 0, |r| async { Ok(r) })
+        .await
+        .unwrap();
     let got: String = admin
         .query_one(&format!("SELECT source FROM {name} WHERE id = 101"), &[])
         .await
@@ -148,7 +158,10 @@ async fn bad_rows_fail_alone_until_maxerror() {
         row("5", Some("ios"), "12345678901234"), // numeric(10,2) overflow
         row("6", Some("ios"), "2.5"),
     ];
-    match l.load(&name, "objects/bad", &rows, 3).await {
+    match l
+        .load(&name, "objects/bad", &rows, 0, 3, |r| async { Ok(r) })
+        .await
+    {
         Err(LoadError::TooManyRejected(r)) => assert_eq!(r.len(), 4),
         other => panic!("{other:?}"),
     }
@@ -157,7 +170,11 @@ async fn bad_rows_fail_alone_until_maxerror() {
         Vec::<i32>::new(),
         "past MAXERROR nothing loads"
     );
-    match l.load(&name, "objects/bad", &rows, 4).await.unwrap() {
+    match l
+        .load(&name, "objects/bad", &rows, 0, 4, |r| async { Ok(r) })
+        .await
+        .unwrap()
+    {
         Outcome::Loaded { rows: n, rejected } => {
             assert_eq!(n, 2);
             let which: Vec<(usize, &str)> =

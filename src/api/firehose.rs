@@ -308,7 +308,22 @@ fn describe(
     }
     let mut destination =
         json!({ "DestinationId": DESTINATION_ID, "S3DestinationDescription": dest.clone() });
-    if s.extended {
+    if s.warehouse.is_some() {
+        let given = &stream.request["RedshiftDestinationConfiguration"];
+        let backup = given.get("S3BackupConfiguration").map(|b| {
+            let mut b = b.clone();
+            b["BufferingHints"] = dest["BufferingHints"].clone();
+            if b.get("CompressionFormat").is_none() {
+                b["CompressionFormat"] = json!("UNCOMPRESSED");
+            }
+            b["EncryptionConfiguration"] = json!({ "NoEncryptionConfig": "NoEncryption" });
+            b
+        });
+        destination = json!({
+            "DestinationId": DESTINATION_ID,
+            "RedshiftDestinationDescription": crate::spec::redshift::description(given, dest, backup),
+        });
+    } else if s.extended {
         let mut ext = dest;
         ext["S3BackupMode"] = json!("Disabled");
         if let Some(x) = &s.file_extension {
@@ -349,14 +364,25 @@ fn describe(
     let created = stream.created_ms as f64 / 1000.0;
     // Firehose reports a destination that cannot deliver in
     // FailureDescription; the stream itself stays ACTIVE and takes puts.
-    let failure = stream.delivery.problem().map(|p| {
-        let state = if p.stopped {
-            "delivery stopped"
-        } else {
-            "delivery retrying"
-        };
-        json!({ "Type": "UNKNOWN_ERROR", "Details": format!("{state}: {}", p.message) })
-    });
+    let loading = stream
+        .warehouse
+        .as_ref()
+        .and_then(|(w, _)| w.last_error.lock().unwrap().clone());
+    let failure = match (stream.delivery.problem(), loading) {
+        (Some(p), _) => {
+            let state = if p.stopped {
+                "delivery stopped"
+            } else {
+                "delivery retrying"
+            };
+            Some(json!({ "Type": "UNKNOWN_ERROR", "Details": format!("{state}: {}", p.message) }))
+        }
+        (None, Some((message, _))) => Some(json!({
+            "Type": "UNKNOWN_ERROR",
+            "Details": format!("loading into the warehouse: {message}"),
+        })),
+        (None, None) => None,
+    };
     let mut description = json!({
         "DeliveryStreamDescription": {
             "DeliveryStreamName": s.name,

@@ -138,7 +138,7 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
         .iter()
         .filter(|s| who.may_stream(&s.spec.name))
         .map(|s| {
-            serde_json::json!({
+            let mut j = serde_json::json!({
                 "name": s.spec.name,
                 "bucket": s.spec.bucket,
                 "records_in": s.intake.records.load(Relaxed),
@@ -160,7 +160,27 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
                     "message": p.message,
                     "since_ms": p.since_ms,
                 })),
-            })
+            });
+            if let (Some((w, queue)), Some((lag_records, lag_seconds))) =
+                (&s.warehouse, s.load_lag(now))
+            {
+                let (queued, _, _) = queue.backlog();
+                let last_error = w.last_error.lock().unwrap().clone();
+                j["warehouse"] = serde_json::json!({
+                    "table": format!("{}.{}", s.spec.warehouse.as_ref().map_or("", |x| &x.table.schema),
+                                     s.spec.warehouse.as_ref().map_or("", |x| &x.table.table)),
+                    "objects_staged": w.objects_staged.load(Relaxed),
+                    "objects_queued": queued,
+                    "objects_loaded": w.objects_loaded.load(Relaxed),
+                    "rows_loaded": w.rows_loaded.load(Relaxed),
+                    "rows_rejected": *w.rejected.lock().unwrap(),
+                    "manifests_failed": w.manifests_failed.load(Relaxed),
+                    "lag_records": lag_records,
+                    "lag_seconds": lag_seconds,
+                    "last_error": last_error.map(|(m, at)| serde_json::json!({ "message": m, "at_ms": at })),
+                });
+            }
+            j
         })
         .collect();
     serde_json::json!({ "streams": list, "time_ms": now })

@@ -175,9 +175,37 @@ function onStats(msg) {
     updateStream(st, s, t);
   }
   for (const [name, st] of streams) if (!seen.has(name)) { st.row.remove(); streams.delete(name); }
+  showWarehouses((msg.streams || []).filter((s) => s.warehouse));
   $('#stream-count').textContent = `${streams.size} stream${streams.size === 1 ? '' : 's'}`;
   showTables([...streams.keys()].sort());
   schedule();
+}
+
+// One row per stream with a warehouse destination, rebuilt on every update.
+function showWarehouses(list) {
+  $('#warehouse-card').hidden = list.length === 0;
+  const tbody = $('#warehouses tbody');
+  tbody.replaceChildren(...list.sort((a, b) => (a.name < b.name ? -1 : 1)).map((s) => {
+    const w = s.warehouse;
+    const reasons = Object.entries(w.rows_rejected || {});
+    const rejected = reasons.reduce((n, [, k]) => n + k, 0);
+    const err = w.last_error ? w.last_error.message : '';
+    const row = el('tr', { 'data-stream': s.name },
+      el('td', { class: 'l name' }, s.name),
+      el('td', { class: 'l' }, w.table),
+      el('td', { 'data-field': 'objects_staged' }, fmtInt(w.objects_staged)),
+      el('td', { 'data-field': 'objects_loaded' }, fmtInt(w.objects_loaded)),
+      el('td', { 'data-field': 'rows_loaded' }, fmtInt(w.rows_loaded)),
+      el('td', { 'data-field': 'rows_rejected', title: reasons.map(([r, n]) => `${fmtInt(n)} ${r}`).join(', ') || 'none' }, fmtInt(rejected)),
+      el('td', { 'data-field': 'manifests_failed' }, fmtInt(w.manifests_failed)),
+      el('td', { 'data-field': 'lag_records' }, fmtInt(w.lag_records)),
+      el('td', { 'data-field': 'lag_seconds' }, fmtSecs(w.lag_seconds)),
+      el('td', { class: 'l', 'data-field': 'last_error', title: err }, err.length > 80 ? err.slice(0, 80) + '…' : err));
+    row.cells[5].classList.toggle('bad', rejected > 0);
+    row.cells[6].classList.toggle('bad', w.manifests_failed > 0);
+    row.cells[9].classList.toggle('bad', !!err);
+    return row;
+  }));
 }
 
 function newStreamRow(s) {

@@ -1,4 +1,5 @@
-//! Delivery: from a stream's log into objects in the lake, exactly once.
+//! Delivery: from a stream's log into objects in a destination (the lake,
+//! or the warehouse through the lake), exactly once.
 //!
 //! One delivery thread per stream reads the log in order from the committed
 //! offset and routes each record to a buffer: the stream's one buffer, or,
@@ -19,7 +20,7 @@
 //! object:
 //!
 //! 1. before the object is written, with the object recorded as `pending`;
-//! 2. after the object is durably in the store, with `delivered[buffer] = end`.
+//! 2. after the destination has the object durably, with `delivered[buffer] = end`.
 //!
 //! `committed` is the lowest offset any open buffer still holds (everything
 //! below it is in the lake) and log segments below it are removed. On
@@ -37,21 +38,19 @@
 //! decisions cover. Below it, replay follows the record; above it, no object
 //! was written yet, so deciding afresh is safe.
 //!
-//! Objects are written atomically by the store, so no reader sees a partial
-//! one. Order: records are read in acknowledgement order and each buffer
+//! A destination writes an object idempotently for its key (see
+//! `destination`); the lake writes it atomically, so no reader sees a
+//! partial one. Order: records are read in acknowledgement order and each buffer
 //! keeps that order, so a partition's records reach the lake in the order
 //! they were acknowledged.
 //!
-//! If the store fails, delivery retries the same object with backoff; the
+//! If the destination fails, delivery retries the same object with backoff; the
 //! log keeps the records, and ingest goes on until the log's bound, after
 //! which producers get ServiceUnavailableException.
 
-pub mod encode;
 pub mod hive;
-pub mod parquet;
 pub mod prefix;
 pub mod route;
-pub mod store;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -64,12 +63,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use crate::destination::lake::encode::{self, Records};
+use crate::destination::lake::parquet;
+use crate::destination::{Destination, Kind, Object};
 use crate::log::{Log, LogError, LogReader};
 use crate::spec::{Compression, Format, ParquetSchema, StreamSpec};
-use encode::Records;
 use prefix::Template;
 use route::Diversion;
-use store::Stores;
 
 /// The version in object names. Firehose bumps it on UpdateDestination,
 /// which hydrant does not implement, so it stays 1.
@@ -270,7 +270,8 @@ pub struct Delivery {
     pub incarnation: uuid::Uuid,
     pub dir: PathBuf,
     pub log: Log,
-    pub store: Stores,
+    /// Where objects go: the lake, or the warehouse (staged in the lake).
+    pub destination: Arc<dyn Destination>,
     pub stats: Arc<DeliveryStats>,
     /// Most partitions with an open buffer; records of further ones go to the error output.
     pub max_partitions: usize,
@@ -292,6 +293,50 @@ pub enum DeliveryError {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// The key of an object in a stream's error output: the ErrorOutputPrefix
+/// (or Firehose's default) evaluated for `output_type` at `at_ms`, then the
+/// object's name with `id`.
+pub fn error_key(
+    spec: &StreamSpec,
+    id: &uuid::Uuid,
+    at_ms: i64,
+    output_type: &str,
+    extension: &str,
+) -> String {
+    let at = DateTime::<Utc>::from_timestamp_millis(at_ms).unwrap_or_default();
+    let random = prefix::random_string(id);
+    let default;
+    let t = match &spec.error_template {
+        Some(t) => t,
+        None => {
+            default = Template::parse(DEFAULT_ERROR_PREFIX, prefix::Kind::ErrorOutputPrefix)
+                .expect("a valid default");
+            &default
+        }
+    };
+    t.eval(at, &random, Some(output_type))
+        + &prefix::object_name(&spec.name, STREAM_VERSION, at, &id.to_string(), extension)
+}
+
+/// A buffer cut into an object under `key`.
+fn object<'a>(key: &'a str, b: &'a Buffer, body: &'a [u8]) -> Object<'a> {
+    Object {
+        key,
+        kind: match b.target {
+            Target::Data(_) => Kind::Data,
+            Target::Error(_) => Kind::Errors,
+        },
+        body,
+        records: Records {
+            bytes: &b.bytes,
+            ends: &b.ends,
+        },
+        first: b.first,
+        end: b.end,
+        oldest_ms: b.oldest_ms,
+    }
 }
 
 impl Delivery {
@@ -574,17 +619,13 @@ impl Delivery {
                     .eval_with(at, &random, None, &pairs)
             }
             Target::Error(output_type) => {
-                let default;
-                let t = match &self.spec.error_template {
-                    Some(t) => t,
-                    None => {
-                        default =
-                            Template::parse(DEFAULT_ERROR_PREFIX, prefix::Kind::ErrorOutputPrefix)
-                                .expect("a valid default");
-                        &default
-                    }
-                };
-                t.eval(at, &random, Some(output_type))
+                return error_key(
+                    &self.spec,
+                    &id,
+                    oldest_ms,
+                    output_type,
+                    self.spec.extension(),
+                )
             }
         };
         prefix
@@ -647,7 +688,7 @@ impl Delivery {
             save_state(&self.dir, st)
         })?;
         let body = self.encode(&b, &pending)?;
-        self.put(rt, &pending.key, &body, stop)?;
+        self.write(rt, &object(&pending.key, &b, &body), stop)?;
         st.delivered.insert(id.to_string(), b.end);
         st.pending = None;
         st.committed = low_water(buffers);
@@ -699,18 +740,15 @@ impl Delivery {
         }
     }
 
-    /// Writes an object, retrying with backoff until the store takes it.
-    fn put(
+    /// Writes an object, retrying with backoff until the destination takes it.
+    fn write(
         &self,
         rt: &tokio::runtime::Handle,
-        key: &str,
-        body: &[u8],
+        object: &Object<'_>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
-        let what = format!("writing {}/{key}", self.spec.bucket);
-        self.retry(rt, stop, &what, || {
-            self.store.put(rt, &self.spec.bucket, key, body)
-        })
+        let what = format!("writing {}/{}", self.spec.bucket, object.key);
+        self.retry(rt, stop, &what, || self.destination.write(rt, object))
     }
 
     /// Runs a step of delivery until it succeeds, backing off between tries:
@@ -788,7 +826,7 @@ impl Delivery {
         }
         let b = buffer.unwrap_or_else(|| Buffer::new(Target::Data(vec![]), p.first));
         let body = self.encode(&b, &p)?;
-        self.put(rt, &p.key, &body, stop)?;
+        self.write(rt, &object(&p.key, &b, &body), stop)?;
         st.delivered.insert(p.buffer.clone(), p.end);
         st.pending = None;
         st.prune();

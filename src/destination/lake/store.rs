@@ -41,6 +41,48 @@ impl LocalStore {
         self.lake.join(bucket).join(key)
     }
 
+    pub fn get(&self, bucket: &str, key: &str) -> io::Result<Vec<u8>> {
+        check(bucket, key)?;
+        fs::read(self.path(bucket, key))
+    }
+
+    /// Keys under `prefix` (which need not end at a `/`), in order.
+    pub fn list(&self, bucket: &str, prefix: &str) -> io::Result<Vec<String>> {
+        check(bucket, "x")?;
+        let root = self.lake.join(bucket);
+        // Walk only below the prefix's directory part.
+        let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
+        let start = if dir_part.is_empty() {
+            root.clone()
+        } else {
+            check(bucket, dir_part)?;
+            root.join(dir_part)
+        };
+        let mut keys = Vec::new();
+        let mut todo = vec![start];
+        while let Some(dir) = todo.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    todo.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&root) {
+                    let key = rel.to_string_lossy().into_owned();
+                    if key.starts_with(prefix) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) -> io::Result<()> {
         check(bucket, key)?;
         let target = self.path(bucket, key);
@@ -74,7 +116,7 @@ impl LocalStore {
 }
 
 /// Checks a bucket and key where they are used, whatever made them: a key
-/// that breaks [`check_key`](super::prefix::check_key) or a bucket that
+/// that breaks [`check_key`](crate::delivery::prefix::check_key) or a bucket that
 /// breaks S3's naming rules never reaches a store. The error's kind is
 /// `InvalidInput`, which delivery never retries.
 pub fn check(bucket: &str, key: &str) -> io::Result<()> {
@@ -84,7 +126,8 @@ pub fn check(bucket: &str, key: &str) -> io::Result<()> {
             format!("bucket {bucket:?} is not a valid S3 bucket name"),
         ));
     }
-    super::prefix::check_key(key).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    crate::delivery::prefix::check_key(key)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// A bucket on an S3-compatible service, from the config file.
@@ -172,13 +215,57 @@ impl Stores {
         key: &str,
         bytes: &[u8],
     ) -> io::Result<()> {
+        if !self.s3.contains_key(bucket) {
+            return self.local.put(bucket, key, bytes);
+        }
+        rt.block_on(self.put_async(bucket, key, bytes))
+    }
+
+    /// An object's bytes.
+    pub async fn get(&self, bucket: &str, key: &str) -> io::Result<Vec<u8>> {
+        let Some(store) = self.s3.get(bucket) else {
+            return self.local.get(bucket, key);
+        };
+        check(bucket, key)?;
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(key);
+        let got = store.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
+            e => io::Error::other(e),
+        })?;
+        Ok(got.bytes().await.map_err(io::Error::other)?.to_vec())
+    }
+
+    /// Keys that start with `prefix`, in order.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> io::Result<Vec<String>> {
+        let Some(store) = self.s3.get(bucket) else {
+            return self.local.list(bucket, prefix);
+        };
+        use futures::TryStreamExt;
+        let dir = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
+        let base = (!dir.is_empty()).then(|| object_store::path::Path::from(dir));
+        let mut keys: Vec<String> = store
+            .list(base.as_ref())
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(io::Error::other)?
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// [`Stores::put`] from async code.
+    pub async fn put_async(&self, bucket: &str, key: &str, bytes: &[u8]) -> io::Result<()> {
         let Some(store) = self.s3.get(bucket) else {
             return self.local.put(bucket, key, bytes);
         };
         check(bucket, key)?;
         use object_store::ObjectStoreExt;
         let path = object_store::path::Path::from(key);
-        rt.block_on(async {
+        async {
             if bytes.len() <= MULTIPART_BYTES {
                 store.put(&path, bytes.to_vec().into()).await.map(|_| ())
             } else {
@@ -188,7 +275,8 @@ impl Stores {
                 w.write(bytes);
                 w.finish().await.map(|_| ())
             }
-        })
+        }
+        .await
         .map_err(io::Error::other)
     }
 }

@@ -24,11 +24,12 @@ use serde_json::Value;
 use super::copy::{CopyOptions, RecordFormat, TimeFormat};
 use super::load::{Column, Row};
 
-/// One line of an object that did not become a row: why, and the line.
+/// One record of an object: its bytes as staged, and its row, or why it
+/// is not one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreadable {
-    pub reason: String,
+pub struct Record {
     pub raw: Vec<u8>,
+    pub row: Result<Row, String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -49,8 +50,15 @@ fn kind(c: &Column) -> Kind {
 }
 
 /// Every record of a staged object (already decompressed), as rows or as
-/// the reason it is not one, in order.
-pub fn rows(body: &[u8], opts: &CopyOptions, columns: &[Column]) -> Vec<Result<Row, Unreadable>> {
+/// the reason it is not one, in order. `line_per_record`: the records were
+/// staged one per line (AppendDelimiterToRecord), so a line that does not
+/// read whole is one refused record.
+pub fn rows(
+    body: &[u8],
+    opts: &CopyOptions,
+    columns: &[Column],
+    line_per_record: bool,
+) -> Vec<Record> {
     let mut out = Vec::new();
     let lines = body
         .split(|b| *b == b'\n')
@@ -60,9 +68,9 @@ pub fn rows(body: &[u8], opts: &CopyOptions, columns: &[Column]) -> Vec<Result<R
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let unreadable = |reason: String| Unreadable {
-            reason,
-            raw: line.to_vec(),
+        let record = |raw: &[u8], row: Result<Row, String>| Record {
+            raw: raw.to_vec(),
+            row,
         };
         let text = match (std::str::from_utf8(line), opts.accept_inv_chars) {
             (Ok(t), _) => t.to_string(),
@@ -74,40 +82,82 @@ pub fn rows(body: &[u8], opts: &CopyOptions, columns: &[Column]) -> Vec<Result<R
                 })
                 .collect(),
             (Err(e), None) => {
-                out.push(Err(unreadable(format!(
-                    "not UTF-8 ({e}); ACCEPTINVCHARS would replace it"
-                ))));
+                out.push(record(
+                    line,
+                    Err(format!("not UTF-8 ({e}); ACCEPTINVCHARS would replace it")),
+                ));
                 continue;
             }
         };
         match &opts.format {
             RecordFormat::Json { ignore_case } => {
-                for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
-                    match v {
-                        Ok(Value::Object(obj)) => out
-                            .push(json_row(&obj, *ignore_case, opts, columns).map_err(unreadable)),
-                        Ok(_) => out.push(Err(unreadable("not a JSON object".into()))),
-                        // Nothing more of the line can be read past a syntax error.
-                        Err(e) => {
-                            out.push(Err(unreadable(format!("not JSON: {e}"))));
-                            break;
+                // A record may hold several objects, and without a
+                // delimiter a line holds records back to back (Firehose
+                // writes them so): each object is a row.
+                //
+                // A line that does not read as JSON: with a record per
+                // line, the line is one refused record, and none of its
+                // objects load. Back to back, there are no record bounds
+                // to go by; reading resumes where one object ends and the
+                // next begins (`}{`), and the bytes skipped are refused.
+                let first = out.len();
+                let mut base = 0;
+                'line: while base < text.len() {
+                    let mut values =
+                        serde_json::Deserializer::from_str(&text[base..]).into_iter::<Value>();
+                    let mut at = 0;
+                    while let Some(v) = values.next() {
+                        let end = values.byte_offset();
+                        match v {
+                            Ok(v) => {
+                                let raw = text[base + at..base + end].trim().as_bytes();
+                                at = end;
+                                let row = match v {
+                                    Value::Object(obj) => {
+                                        json_row(&obj, *ignore_case, opts, columns)
+                                    }
+                                    _ => Err("not a JSON object".into()),
+                                };
+                                out.push(record(raw, row));
+                            }
+                            Err(e) if line_per_record => {
+                                out.truncate(first);
+                                out.push(record(line, Err(format!("not JSON: {e}"))));
+                                break 'line;
+                            }
+                            Err(e) => {
+                                let start = base + at + text[base + at..].len()
+                                    - text[base + at..].trim_start().len();
+                                let next = text[start..]
+                                    .match_indices('}')
+                                    .map(|(i, _)| start + i + 1)
+                                    .find(|&i| text[i..].trim_start().starts_with('{'))
+                                    .map_or(text.len(), |i| {
+                                        i + text[i..].len() - text[i..].trim_start().len()
+                                    });
+                                let raw = text[start..next].trim().as_bytes();
+                                out.push(record(raw, Err(format!("not JSON: {e}"))));
+                                base = next;
+                                continue 'line;
+                            }
                         }
                     }
+                    break;
                 }
             }
             RecordFormat::Csv { delimiter, quote } => {
-                out.push(
+                out.push(record(
+                    line,
                     csv_fields(&text, *delimiter, *quote)
-                        .and_then(|f| fields_row(f, opts, columns))
-                        .map_err(unreadable),
-                );
+                        .and_then(|f| fields_row(f, opts, columns)),
+                ));
             }
             RecordFormat::Text { delimiter } => {
                 let f = text
                     .split(*delimiter)
                     .map(|s| (s.to_string(), false))
                     .collect();
-                out.push(fields_row(f, opts, columns).map_err(unreadable));
+                out.push(record(line, fields_row(f, opts, columns)));
             }
         }
     }
@@ -323,8 +373,8 @@ mod tests {
         CopyOptions::parse(text).unwrap()
     }
 
-    fn ok(rows: Vec<Result<Row, Unreadable>>) -> Vec<Vec<Option<String>>> {
-        rows.into_iter().map(|r| r.unwrap()).collect()
+    fn ok(rows: Vec<Record>) -> Vec<Vec<Option<String>>> {
+        rows.into_iter().map(|r| r.row.unwrap()).collect()
     }
 
     fn v(xs: &[Option<&str>]) -> Vec<Option<String>> {
@@ -336,7 +386,7 @@ mod tests {
         let body = br#"{"id": 1, "source": "web", "at": "2026-11-28T13:00:00Z", "extra": [1]}
 {"ID": 2, "Source": "ios"} {"id": 3, "source": null}
 "#;
-        let got = ok(rows(body, &opts("json 'auto'"), &cols()));
+        let got = ok(rows(body, &opts("json 'auto'"), &cols(), false));
         assert_eq!(
             got,
             [
@@ -345,7 +395,7 @@ mod tests {
                 v(&[Some("3"), None, None, None]),
             ]
         );
-        let got = ok(rows(body, &opts("json 'auto ignorecase'"), &cols()));
+        let got = ok(rows(body, &opts("json 'auto ignorecase'"), &cols(), false));
         assert_eq!(got[1], v(&[Some("2"), Some("ios"), None, None]));
     }
 
@@ -353,26 +403,68 @@ mod tests {
     fn bad_records_are_reasons_and_the_rest_go_on() {
         let body =
             b"{\"id\": 1}\nnot json\n[1,2]\n{\"id\": 4, \"source\": \"a\xffb\"}\n{\"id\": 5}\n";
-        let got = rows(body, &opts("json 'auto'"), &cols());
+        let got = rows(body, &opts("json 'auto'"), &cols(), false);
         let reasons: Vec<String> = got
             .iter()
-            .map(|r| match r {
+            .map(|r| match &r.row {
                 Ok(_) => "ok".into(),
-                Err(u) => u.reason.split(' ').take(2).collect::<Vec<_>>().join(" "),
+                Err(u) => u.split(' ').take(2).collect::<Vec<_>>().join(" "),
             })
             .collect();
         assert_eq!(reasons, ["ok", "not JSON:", "not a", "not UTF-8", "ok"]);
-        let Err(u) = &got[1] else { panic!() };
-        assert_eq!(u.raw, b"not json");
-        let got = rows(body, &opts("json 'auto' acceptinvchars as '^'"), &cols());
-        assert_eq!(got[3].as_ref().unwrap()[1].as_deref(), Some("a^b"));
+        assert_eq!(got[1].raw, b"not json");
+        assert_eq!(got[2].raw, b"[1,2]");
+        assert_eq!(got[4].raw, b"{\"id\": 5}");
+        let got = rows(
+            body,
+            &opts("json 'auto' acceptinvchars as '^'"),
+            &cols(),
+            false,
+        );
+        assert_eq!(got[3].row.as_ref().unwrap()[1].as_deref(), Some("a^b"));
+    }
+
+    #[test]
+    fn a_bad_record_back_to_back_fails_alone() {
+        let body = br#"{"id": 1}garbage{"id": 2}{"id": 3, "source": }{"id": 4}"#;
+        let got = rows(body, &opts("json 'auto'"), &cols(), false);
+        let raws: Vec<&[u8]> = got.iter().map(|r| r.raw.as_slice()).collect();
+        assert_eq!(
+            raws,
+            [
+                &br#"{"id": 1}"#[..],
+                br#"garbage{"id": 2}"#,
+                br#"{"id": 3, "source": }"#,
+                br#"{"id": 4}"#
+            ]
+        );
+        let ok: Vec<bool> = got.iter().map(|r| r.row.is_ok()).collect();
+        assert_eq!(ok, [true, false, false, true]);
+    }
+
+    #[test]
+    fn with_a_record_per_line_a_bad_line_is_one_refused_record() {
+        let body = b"{\"id\": 1}\n{\"id\": 5, \"x\": oops, \"e\": {\"id\": 7}}\n{\"id\": 2}{\"id\": oops}\n{\"id\": 3}\n";
+        let got = rows(body, &opts("json 'auto'"), &cols(), true);
+        let raws: Vec<&[u8]> = got.iter().map(|r| r.raw.as_slice()).collect();
+        assert_eq!(
+            raws,
+            [
+                &br#"{"id": 1}"#[..],
+                br#"{"id": 5, "x": oops, "e": {"id": 7}}"#,
+                br#"{"id": 2}{"id": oops}"#,
+                br#"{"id": 3}"#
+            ]
+        );
+        let ok: Vec<bool> = got.iter().map(|r| r.row.is_ok()).collect();
+        assert_eq!(ok, [true, false, false, true]);
     }
 
     #[test]
     fn csv_text_and_the_null_options() {
         let cols = cols();
         let body = b"id,source,at,day\n1,\"a,b\",,\n2,\"\",2026-11-28 13:00:00,2026-11-28\n3, ,,\n";
-        let got = ok(rows(body, &opts("csv ignoreheader 1"), &cols));
+        let got = ok(rows(body, &opts("csv ignoreheader 1"), &cols, false));
         assert_eq!(got[0], v(&[Some("1"), Some("a,b"), None, None]));
         assert_eq!(got[1][1].as_deref(), Some(""));
         assert_eq!(got[2][1].as_deref(), Some(" "));
@@ -380,17 +472,27 @@ mod tests {
             body,
             &opts("csv ignoreheader 1 emptyasnull blanksasnull"),
             &cols,
+            false,
         ));
         assert_eq!((got[1][1].as_deref(), got[2][1].as_deref()), (None, None));
-        let got = rows(b"1|toolong|x|y\n1|x\n", &opts("delimiter '|'"), &cols);
-        assert_eq!(got[0].as_ref().unwrap()[1].as_deref(), Some("toolong"));
-        assert_eq!(
-            got[1].as_ref().unwrap_err().reason,
-            "2 fields for 4 columns"
+        let got = rows(
+            b"1|toolong|x|y\n1|x\n",
+            &opts("delimiter '|'"),
+            &cols,
+            false,
         );
-        let got = ok(rows(b"1|toolong||\n", &opts("truncatecolumns"), &cols));
+        assert_eq!(got[0].row.as_ref().unwrap()[1].as_deref(), Some("toolong"));
+        assert_eq!(got[1].row.as_ref().unwrap_err(), "2 fields for 4 columns");
+        let got = ok(rows(
+            b"1|toolong||\n",
+            &opts("truncatecolumns"),
+            &cols,
+            false,
+        ));
         assert_eq!(got[0][1].as_deref(), Some("tool"));
-        assert!(rows(b"1,\"open\n", &opts("csv"), &cols)[0].is_err());
+        assert!(rows(b"1,\"open\n", &opts("csv"), &cols, false)[0]
+            .row
+            .is_err());
     }
 
     #[test]
@@ -400,18 +502,21 @@ mod tests {
             br#"{"at": 1795698000.5}"#,
             &opts("json 'auto' timeformat 'epochsecs'"),
             &cols,
+            false,
         ));
         assert_eq!(got[0][2].as_deref(), Some("2026-11-26 13:00:00.500+00"));
         let got = ok(rows(
             br#"{"at": "1795698000123"}"#,
             &opts("json 'auto' timeformat 'epochmillisecs'"),
             &cols,
+            false,
         ));
         assert_eq!(got[0][2].as_deref(), Some("2026-11-26 13:00:00.123+00"));
         let got = ok(rows(
             br#"{"at": "28/11/2026 13.05.09", "day": "11-28-2026"}"#,
             &opts("json 'auto' timeformat 'DD/MM/YYYY HH24.MI.SS' dateformat 'MM-DD-YYYY'"),
             &cols,
+            false,
         ));
         assert_eq!(got[0][2].as_deref(), Some("2026-11-28 13:05:09.000000"));
         assert_eq!(got[0][3].as_deref(), Some("2026-11-28"));
@@ -419,11 +524,12 @@ mod tests {
             br#"{"at": "yesterday"}"#,
             &opts("json 'auto' timeformat 'epochsecs'"),
             &cols,
+            false,
         );
         assert!(bad[0]
+            .row
             .as_ref()
             .unwrap_err()
-            .reason
             .contains("not an epoch time"));
     }
 }

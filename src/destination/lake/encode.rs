@@ -56,6 +56,27 @@ pub fn compress(bytes: Vec<u8>, compression: Compression) -> Vec<u8> {
     }
 }
 
+/// An object's bytes as they were before compression, refusing more than
+/// `max` of them (an object in a bucket may come from anywhere).
+pub fn decompress(bytes: &[u8], compression: Compression, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match compression {
+        Compression::Uncompressed => Box::new(bytes),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(bytes)?),
+        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(bytes)),
+    };
+    let mut out = Vec::new();
+    reader.take(max as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the object is larger than {max} bytes uncompressed"),
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,8 @@ use anyhow::Context;
 
 use crate::client::{batch_body, Firehose};
 
+pub mod warehouse;
+
 pub struct BenchOptions {
     pub endpoint: Option<String>,
     pub stream: String,
@@ -129,6 +131,11 @@ fn bench_config(stream: &str, variant: Variant) -> String {
 }
 
 async fn start_own(stream: &str, variant: Variant) -> anyhow::Result<(Own, String)> {
+    start_with(&bench_config(stream, variant)).await
+}
+
+/// Starts `hydrant serve` with this config in a temporary directory.
+async fn start_with(config_text: &str) -> anyhow::Result<(Own, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -136,7 +143,7 @@ async fn start_own(stream: &str, variant: Variant) -> anyhow::Result<(Own, Strin
         std::env::current_dir()?.join(format!(".hydrant-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("bench.yaml");
-    std::fs::write(&config, bench_config(stream, variant))?;
+    std::fs::write(&config, config_text)?;
     let child = Command::new(std::env::current_exe()?)
         .args([
             "serve",

@@ -17,9 +17,20 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::delivery::parquet::{ParquetCompression, ParquetOptions, TableSchema};
 use crate::delivery::prefix::{self, Template};
 use crate::delivery::route::PartitionQuery;
+use crate::destination::lake::parquet::{ParquetCompression, ParquetOptions, TableSchema};
+
+pub mod redshift;
+pub use redshift::{Credentials, SecretConfig, Secrets, WarehouseSpec};
+
+/// What the config file declares for stream definitions to name: Glue
+/// tables (for format conversion) and secrets (for the warehouse).
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub tables: Catalog,
+    pub secrets: Secrets,
+}
 
 /// Why a stream definition was refused. The front door answers each kind
 /// with its AWS error (`api::error`); the message names the option.
@@ -167,6 +178,9 @@ pub struct StreamSpec {
     /// Dynamic partitioning: the MetadataExtraction query.
     pub partition: Option<PartitionQuery>,
     pub format: Format,
+    /// RedshiftDestinationConfiguration: the warehouse each staged object
+    /// is loaded into (the fields above then describe its S3Configuration).
+    pub warehouse: Option<WarehouseSpec>,
     /// The request this spec came from, as persisted.
     pub request: Value,
 }
@@ -192,6 +206,7 @@ struct CreateRequest {
     delivery_stream_type: Option<String>,
     s3_destination_configuration: Option<Destination>,
     extended_s3_destination_configuration: Option<Destination>,
+    redshift_destination_configuration: Option<redshift::RedshiftIn>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
@@ -358,7 +373,8 @@ pub(crate) fn check_bucket(bucket: &str) -> bool {
 }
 
 /// Parses and validates a CreateDeliveryStream request.
-pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, SpecError> {
+pub fn parse(request: &Value, declared: &Declared) -> Result<StreamSpec, SpecError> {
+    let catalog = &declared.tables;
     let req: CreateRequest = serde_json::from_value(request.clone())
         .map_err(|e| SpecError::malformed(format!("CreateDeliveryStream: {e}")))?;
     let name = req
@@ -379,18 +395,32 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, SpecError
             )))
         }
     }
-    let (dest, extended, path) = match (req.s3_destination_configuration, req.extended_s3_destination_configuration) {
-        (Some(d), None) => (d, false, "S3DestinationConfiguration."),
-        (None, Some(d)) => (d, true, "ExtendedS3DestinationConfiguration."),
-        (Some(_), Some(_)) => {
+    let (dest, extended, path, redshift) = match (
+        req.s3_destination_configuration,
+        req.extended_s3_destination_configuration,
+        req.redshift_destination_configuration,
+    ) {
+        (Some(d), None, None) => (d, false, "S3DestinationConfiguration.", None),
+        (None, Some(d), None) => (d, true, "ExtendedS3DestinationConfiguration.", None),
+        (None, None, Some(mut r)) => {
+            let staging = r.s3_configuration.take().ok_or_else(|| {
+                SpecError::invalid("RedshiftDestinationConfiguration.S3Configuration is required")
+            })?;
+            let d: Destination = serde_json::from_value(staging).map_err(|e| {
+                SpecError::malformed(format!("RedshiftDestinationConfiguration.S3Configuration: {e}"))
+            })?;
+            (d, false, "RedshiftDestinationConfiguration.S3Configuration.", Some(r))
+        }
+        (None, None, None) => {
             return Err(SpecError::refused(
-                "give one destination: ExtendedS3DestinationConfiguration or S3DestinationConfiguration, not both",
+                "a destination is required: ExtendedS3DestinationConfiguration, S3DestinationConfiguration \
+                 or RedshiftDestinationConfiguration",
             ))
         }
-        (None, None) => {
+        _ => {
             return Err(SpecError::refused(
-                "a destination is required: ExtendedS3DestinationConfiguration (or S3DestinationConfiguration); \
-                 hydrant delivers to S3-style buckets only",
+                "give one destination, not several: ExtendedS3DestinationConfiguration, S3DestinationConfiguration \
+                 or RedshiftDestinationConfiguration",
             ))
         }
     };
@@ -632,6 +662,44 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, SpecError
             )));
         }
     }
+    let warehouse = match &redshift {
+        None => None,
+        Some(r) => {
+            let rp = "RedshiftDestinationConfiguration.";
+            if let Some(c) = &r.cloud_watch_logging_options {
+                if c.get("Enabled") == Some(&Value::Bool(true)) {
+                    return Err(SpecError::refused(format!(
+                        "{rp}CloudWatchLoggingOptions.Enabled is not supported by hydrant: there is no CloudWatch"
+                    )));
+                }
+            }
+            if let Some(p) = &r.processing_configuration {
+                append_delimiter = redshift_processing(rp, p)?;
+            }
+            let backup = |b: &Value| {
+                let probe = serde_json::json!({
+                    "DeliveryStreamName": name,
+                    "S3DestinationConfiguration": b,
+                });
+                let s = parse(&probe, declared).map_err(|e| match e {
+                    SpecError::Malformed(m) => SpecError::Malformed(m.replace(
+                        "S3DestinationConfiguration",
+                        "RedshiftDestinationConfiguration.S3BackupConfiguration",
+                    )),
+                    SpecError::Invalid(m) => SpecError::Invalid(m.replace(
+                        "S3DestinationConfiguration",
+                        "RedshiftDestinationConfiguration.S3BackupConfiguration",
+                    )),
+                    SpecError::Refused(m) => SpecError::Refused(m.replace(
+                        "S3DestinationConfiguration",
+                        "RedshiftDestinationConfiguration.S3BackupConfiguration",
+                    )),
+                })?;
+                Ok((s.bucket, s.prefix, s.compression))
+            };
+            Some(redshift::parse(r, &declared.secrets, compression, backup)?)
+        }
+    };
     let names = partition.as_ref().map(|q| q.names());
     let (prefix_template, error_template) =
         prefix::validate_partitioned(&prefix, error_output_prefix.as_deref(), names.as_deref())
@@ -654,8 +722,43 @@ pub fn parse(request: &Value, catalog: &Catalog) -> Result<StreamSpec, SpecError
         file_extension: dest.file_extension.filter(|e| !e.is_empty()),
         partition,
         format,
+        warehouse,
         request: request.clone(),
     })
+}
+
+/// A Redshift destination's ProcessingConfiguration: of hydrant's
+/// processors, only AppendDelimiterToRecord has a meaning there (there are
+/// no partitions). Returns whether it is on.
+fn redshift_processing(rp: &str, p: &Value) -> Result<bool, SpecError> {
+    let pp = format!("{rp}ProcessingConfiguration.");
+    let p: Processing =
+        serde_json::from_value(p.clone()).map_err(|e| SpecError::malformed(format!("{pp} {e}")))?;
+    unsupported(&pp, &p.other)?;
+    let mut delimiter = false;
+    if p.enabled == Some(true) {
+        for proc in p.processors.unwrap_or_default() {
+            unsupported(&format!("{pp}Processors."), &proc.other)?;
+            match proc.kind.as_deref() {
+                Some("AppendDelimiterToRecord") if proc.parameters.as_ref().is_none_or(|p| p.is_empty()) => {
+                    delimiter = true
+                }
+                Some("AppendDelimiterToRecord") => {
+                    return Err(SpecError::refused(format!(
+                        "{pp}Processors: AppendDelimiterToRecord takes no parameters (it appends a newline)"
+                    )))
+                }
+                Some(t) => {
+                    return Err(SpecError::refused(format!(
+                        "{pp}Processors: processor type {t} is not supported for a Redshift destination; \
+                         AppendDelimiterToRecord is"
+                    )))
+                }
+                None => return Err(SpecError::invalid(format!("{pp}Processors: Type is required"))),
+            }
+        }
+    }
+    Ok(delimiter)
 }
 
 /// Firehose's DataFormatConversionConfiguration, JSON in and Parquet out.
@@ -827,7 +930,7 @@ mod tests {
 
     #[test]
     fn the_article_stream_parses_one_to_one() {
-        let s = parse(&article(), &Catalog::new()).unwrap();
+        let s = parse(&article(), &Declared::default()).unwrap();
         assert_eq!(s.name, "my-event-staging");
         assert_eq!(s.bucket, "data.staging.aws");
         assert_eq!(s.prefix, "events/my-event-staging/");
@@ -843,7 +946,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("BufferingHints");
-        let s = parse(&r, &Catalog::new()).unwrap();
+        let s = parse(&r, &Declared::default()).unwrap();
         assert_eq!((s.size_mb, s.interval_seconds), (5, 300));
     }
 
@@ -985,7 +1088,7 @@ mod tests {
             "/S3DestinationConfiguration",
             r#"{"RoleARN":"r","BucketARN":"arn:aws:s3:::b-b"}"#,
             "InvalidArgumentException",
-            "not both",
+            "not several",
         ),
     ];
 
@@ -1004,7 +1107,8 @@ mod tests {
             let mut r = article();
             set(&mut r, pointer, serde_json::from_str(value).unwrap());
             // As the front door answers it.
-            let err = crate::api::ApiError::from(parse(&r, &Catalog::new()).expect_err(pointer));
+            let err =
+                crate::api::ApiError::from(parse(&r, &Declared::default()).expect_err(pointer));
             assert_eq!(err.code, *code, "{pointer} = {value}: {}", err.message);
             assert!(
                 err.message.contains(text),
@@ -1035,7 +1139,7 @@ mod tests {
             &format!("{d}/ProcessingConfiguration"),
             json!({"Enabled": true, "Processors": [{"Type": "AppendDelimiterToRecord"}]}),
         );
-        let s = parse(&r, &Catalog::new()).unwrap();
+        let s = parse(&r, &Declared::default()).unwrap();
         assert!(s.append_delimiter);
         assert_eq!(s.extension(), ".json");
     }
@@ -1064,7 +1168,7 @@ mod tests {
             {"ParameterName": "MetadataExtractionQuery", "ParameterValue": q},
             {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]})
         };
-        assert!(parse(&r, &Catalog::new())
+        assert!(parse(&r, &Declared::default())
             .unwrap_err()
             .to_string()
             .contains("no MetadataExtraction processor"));
@@ -1073,14 +1177,14 @@ mod tests {
             &format!("{d}/ProcessingConfiguration"),
             query("{event_name: .event_name}"),
         );
-        let s = parse(&r, &Catalog::new()).unwrap();
+        let s = parse(&r, &Declared::default()).unwrap();
         assert_eq!(s.partition.unwrap().names(), ["event_name"]);
         set(
             &mut r,
             &format!("{d}/ProcessingConfiguration"),
             query("{other: .x}"),
         );
-        assert!(parse(&r, &Catalog::new())
+        assert!(parse(&r, &Declared::default())
             .unwrap_err()
             .to_string()
             .contains("not defined by the MetadataExtractionQuery"));
@@ -1089,7 +1193,7 @@ mod tests {
             &format!("{d}/ProcessingConfiguration"),
             query(".event_name | ascii"),
         );
-        assert!(parse(&r, &Catalog::new())
+        assert!(parse(&r, &Declared::default())
             .unwrap_err()
             .to_string()
             .contains("simple paths"));
@@ -1101,7 +1205,7 @@ mod tests {
             "DeliveryStreamName": "s",
             "S3DestinationConfiguration": {"RoleARN": "r", "BucketARN": "arn:aws:s3:::bkt", "FileExtension": ".x"}
         });
-        let err = parse(&r, &Catalog::new()).unwrap_err();
+        let err = parse(&r, &Declared::default()).unwrap_err();
         assert!(err
             .to_string()
             .contains("FileExtension is not a field of S3DestinationConfiguration"));

@@ -58,8 +58,8 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::hive::{same_name, HiveType};
-pub use super::hive::{MAX_TYPE_BYTES, MAX_TYPE_DEPTH};
+use crate::delivery::hive::{same_name, HiveType};
+pub use crate::delivery::hive::{MAX_TYPE_BYTES, MAX_TYPE_DEPTH};
 
 impl HiveType {
     fn arrow(&self) -> DataType {

@@ -243,14 +243,25 @@ impl Loader {
     }
 
     /// Loads one object's rows exactly once (see the module docs), refusing
-    /// at most `max_error` rows.
-    pub async fn load(
+    /// at most `max_error` rows, of which `refused_before` were refused
+    /// before (rows that were not rows at all). `before_commit` runs with the refused rows
+    /// just before the transaction commits (to put them in the error
+    /// output, so that no committed load lacks them); if it fails, nothing
+    /// is committed.
+    pub async fn load<F, Fut>(
         &mut self,
         stream: &str,
         object: &str,
         rows: &[Row],
+        refused_before: u64,
         max_error: u64,
-    ) -> Result<Outcome, LoadError> {
+        before_commit: F,
+    ) -> Result<Outcome, LoadError>
+    where
+        F: FnOnce(Vec<Rejected>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Rejected>, String>>,
+    {
+        let mut before_commit = Some(before_commit);
         for r in rows {
             if r.len() != self.columns.len() {
                 return Err(LoadError::Table(format!(
@@ -273,7 +284,7 @@ impl Loader {
                         &stream,
                         &object,
                         &(keep.len() as i64),
-                        &(rejected.len() as i64),
+                        &((rejected.len() as u64 + refused_before) as i64),
                     ],
                 )
                 .await
@@ -294,6 +305,8 @@ impl Loader {
             .await;
             match copied {
                 Ok(n) => {
+                    let hook = before_commit.take().expect("commits once");
+                    let rejected = hook(rejected).await.map_err(LoadError::Unavailable)?;
                     tx.commit().await.map_err(unavailable)?;
                     return Ok(Outcome::Loaded { rows: n, rejected });
                 }
@@ -327,7 +340,7 @@ impl Loader {
                         message: db.message().to_string(),
                     });
                     drop(tx);
-                    if rejected.len() as u64 > max_error {
+                    if rejected.len() as u64 + refused_before > max_error {
                         return Err(LoadError::TooManyRejected(rejected));
                     }
                 }

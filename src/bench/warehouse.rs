@@ -1,0 +1,306 @@
+//! `hydrant bench --warehouse URL`: loading into PostgreSQL, beside the
+//! two ways people load without hydrant, on the same rows in the same run:
+//!
+//! - `psql -c "\copy …"` of the rows as a CSV file: PostgreSQL's own bulk
+//!   path, the limit for any loader;
+//! - one INSERT per row (autocommit, prepared): what a naive loader does.
+//!
+//! hydrant is measured end to end: from the first PutRecordBatch of the
+//! rows (~100-byte JSON records) to the last row committed in the table,
+//! through its log, staging and COPY. Then the load lag: records put at a
+//! steady `--rate` (default 50,000/s) for `--duration-seconds`, each
+//! stamped with its send time; the table stamps each row with
+//! `clock_timestamp()` as it is inserted, and the lag is the difference.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_postgres::NoTls;
+
+use super::{median, start_with};
+use crate::client::{batch_body, Firehose};
+use crate::destination::warehouse::jdbc::Target;
+
+pub struct Options {
+    pub url: String,
+    pub runs: usize,
+    pub rows: usize,
+    pub rate: u64,
+    pub duration: Duration,
+}
+
+const COLUMNS: &str = "id, sent_ms, source, amount, pad";
+const SOURCES: [&str; 4] = ["web", "ios", "android", "partner"];
+
+fn record(id: usize, sent_ms: i64) -> Vec<u8> {
+    // About 100 bytes, like the tutorial's events.
+    format!(
+        r#"{{"id":{id},"sent_ms":{sent_ms},"source":"{}","amount":{}.{:02},"pad":"{}"}}"#,
+        SOURCES[id % 4],
+        id % 500,
+        id % 100,
+        &"abcdefghijklmnopqrstuvwxyz0123456789"[..20 + id % 10]
+    )
+    .into_bytes()
+}
+
+fn csv_line(id: usize) -> String {
+    format!(
+        "{id},0,{},{}.{:02},{}\n",
+        SOURCES[id % 4],
+        id % 500,
+        id % 100,
+        &"abcdefghijklmnopqrstuvwxyz0123456789"[..20 + id % 10]
+    )
+}
+
+fn stream_config(name: &str, url: &str, table: &str, user: &str, password: &str) -> String {
+    format!(
+        r#"  - DeliveryStreamName: {name}
+    RedshiftDestinationConfiguration:
+      RoleARN: arn:aws:iam::000000000000:role/bench
+      ClusterJDBCURL: "{url}"
+      Username: "{user}"
+      Password: "{password}"
+      CopyCommand: {{ DataTableName: {table}, DataTableColumns: "{COLUMNS}", CopyOptions: "JSON 'auto'" }}
+      S3Configuration:
+        RoleARN: arn:aws:iam::000000000000:role/bench
+        BucketARN: arn:aws:s3:::bench
+        Prefix: {name}/
+        BufferingHints: {{ SizeInMBs: 8, IntervalInSeconds: 1 }}
+"#
+    )
+}
+
+async fn rows_loaded(endpoint: &str, stream: &str) -> anyhow::Result<(u64, u64)> {
+    let body = reqwest::get(format!("{endpoint}/-/streams"))
+        .await?
+        .bytes()
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let s = v["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == stream))
+        .context("bench stream missing")?;
+    Ok((
+        s["warehouse"]["rows_loaded"].as_u64().unwrap_or(0),
+        s["warehouse"]["lag_records"].as_u64().unwrap_or(u64::MAX),
+    ))
+}
+
+async fn put_all(client: &Firehose, stream: &str, records: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    let mut inflight = tokio::task::JoinSet::new();
+    for chunk in records.chunks(500) {
+        let body = batch_body(stream, chunk);
+        let c = client.clone();
+        inflight.spawn(async move { c.put_batch_body(body).await });
+        while inflight.len() >= 8 {
+            let failed = inflight.join_next().await.expect("in flight")??;
+            anyhow::ensure!(failed.is_empty(), "{} records were refused", failed.len());
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        let failed = r??;
+        anyhow::ensure!(failed.is_empty(), "{} records were refused", failed.len());
+    }
+    Ok(())
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let target = Target::parse(&o.url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    let password = std::env::var("PGPASSWORD").unwrap_or_default();
+    let (db, conn) = tokio_postgres::Config::new()
+        .host(&target.host)
+        .port(target.port)
+        .dbname(&target.database)
+        .user(&user)
+        .password(&password)
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", o.url))?;
+    tokio::spawn(conn);
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let t = |what: &str| format!("bench_{what}_{id}");
+    for what in ["copy", "insert", "hydrant"] {
+        db.batch_execute(&format!(
+            "CREATE TABLE {} (id bigint, sent_ms bigint, source text, amount numeric(10,2), pad text)",
+            t(what)
+        ))
+        .await?;
+    }
+    db.batch_execute(&format!(
+        "CREATE TABLE {} (id bigint, sent_ms bigint, source text, amount numeric(10,2), pad text, \
+         loaded_at timestamptz DEFAULT clock_timestamp())",
+        t("lag")
+    ))
+    .await?;
+    let result = measure(&o, &db, &t, &user, &password).await;
+    for what in ["copy", "insert", "hydrant", "lag"] {
+        let _ = db
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", t(what)))
+            .await;
+    }
+    result
+}
+
+async fn measure(
+    o: &Options,
+    db: &tokio_postgres::Client,
+    t: &dyn Fn(&str) -> String,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let target = Target::parse(&o.url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = std::env::temp_dir().join(format!("hydrant-bench-wh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let csv = dir.join("rows.csv");
+    std::fs::write(&csv, (0..o.rows).map(csv_line).collect::<String>())?;
+    let streams = format!(
+        "delivery_streams:\n{}{}",
+        stream_config("load", &o.url, &t("hydrant"), user, password),
+        stream_config("lag", &o.url, &t("lag"), user, password)
+    );
+    let (own, endpoint) = start_with(&streams).await?;
+    let client = Firehose::new(&endpoint);
+    let (mut copy, mut insert, mut hydrant) = (vec![], vec![], vec![]);
+    let inserts = o.rows.min(20_000);
+    for run in 0..o.runs {
+        // psql \copy: the rows from a file, PostgreSQL's bulk path.
+        db.batch_execute(&format!("TRUNCATE {}", t("copy"))).await?;
+        let started = Instant::now();
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                &target.host,
+                "-p",
+                &target.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                &target.database,
+            ])
+            .arg("-c")
+            .arg(format!(
+                "\\copy {} ({COLUMNS}) FROM '{}' CSV",
+                t("copy"),
+                csv.display()
+            ))
+            .env("PGPASSWORD", password)
+            .output()
+            .context("running psql (PostgreSQL's client) for the \\copy baseline")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "psql \\copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        copy.push(o.rows as f64 / started.elapsed().as_secs_f64());
+
+        // One INSERT per row.
+        db.batch_execute(&format!("TRUNCATE {}", t("insert")))
+            .await?;
+        let stmt = db
+            .prepare(&format!(
+                "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3, $4::numeric, $5)",
+                t("insert")
+            ))
+            .await?;
+        let started = Instant::now();
+        for i in 0..inserts {
+            let amount = format!("{}.{:02}", i % 500, i % 100);
+            let pad = &"abcdefghijklmnopqrstuvwxyz0123456789"[..20 + i % 10];
+            db.execute(&stmt, &[&(i as i64), &0i64, &SOURCES[i % 4], &amount, &pad])
+                .await?;
+        }
+        insert.push(inserts as f64 / started.elapsed().as_secs_f64());
+
+        // hydrant: put → log → staged → COPY → committed.
+        let (before, _) = rows_loaded(&endpoint, "load").await?;
+        let records: Vec<Vec<u8>> = (0..o.rows).map(|i| record(i, 0)).collect();
+        let started = Instant::now();
+        put_all(&client, "load", records).await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (n, _) = rows_loaded(&endpoint, "load").await?;
+            if n >= before + o.rows as u64 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "hydrant loaded {} of {} rows in 600 s",
+                n - before,
+                o.rows
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        hydrant.push(o.rows as f64 / started.elapsed().as_secs_f64());
+        println!(
+            "run {}: psql \\copy {:.0} rows/s, INSERT per row {:.0} rows/s, hydrant {:.0} rows/s (put to committed)",
+            run + 1,
+            copy[run],
+            insert[run],
+            hydrant[run]
+        );
+    }
+    let (c, i, h) = (median(copy), median(insert), median(hydrant));
+    println!(
+        "median of {} runs, {} rows of ~100-byte JSON: psql \\copy {c:.0} rows/s; INSERT per row {i:.0} rows/s ({inserts} rows); \
+         hydrant {h:.0} rows/s = {:.2}x \\copy, {:.1}x INSERT",
+        o.runs,
+        o.rows,
+        h / c,
+        h / i
+    );
+
+    // Load lag at a steady rate.
+    let started = Instant::now();
+    let per_tick = (o.rate / 100).max(1) as usize;
+    let mut sent = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut inflight = tokio::task::JoinSet::new();
+    while started.elapsed() < o.duration {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        let records: Vec<Vec<u8>> = (sent..sent + per_tick).map(|i| record(i, now)).collect();
+        sent += per_tick;
+        let c = client.clone();
+        let body = batch_body("lag", &records);
+        inflight.spawn(async move { c.put_batch_body(body).await });
+        while let Some(r) = inflight.try_join_next() {
+            let failed = r??;
+            anyhow::ensure!(failed.is_empty(), "{} records were refused", failed.len());
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        let failed = r??;
+        anyhow::ensure!(failed.is_empty(), "{} records were refused", failed.len());
+    }
+    let offered = sent as f64 / started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while rows_loaded(&endpoint, "lag").await?.0 < sent as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the lag stream did not load everything in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), \
+                 max(lag), count(*) FROM (SELECT extract(epoch FROM loaded_at) * 1000 - sent_ms AS lag FROM {}) l",
+                t("lag")
+            ),
+            &[],
+        )
+        .await?;
+    let (p50, p99, max, n): (f64, f64, f64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    println!(
+        "load lag at {offered:.0} records/s for {:?} (1 s buffer interval, {n} rows; send to committed in the table): \
+         p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms",
+        o.duration
+    );
+    drop(own);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Staged objects waiting to be loaded: one small file per object in the
+//! stream's `loads/` directory, named by the object's first log offset so
+//! that the directory's order is the log's.
+//!
+//! An entry is written (and fsynced, with its directory) before delivery
+//! marks its records delivered, and removed once the object is loaded or
+//! its manifest is in the error output. Adding an entry that exists
+//! replaces it with the same content.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// A staged object: its key in the staging bucket and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub key: String,
+    pub first: u64,
+    pub end: u64,
+    pub records: u64,
+    /// Arrival time of its oldest record.
+    pub oldest_ms: i64,
+}
+
+pub struct Queue {
+    dir: PathBuf,
+    entries: Mutex<BTreeMap<u64, Staged>>,
+    /// Bumped on every add, so the loading task wakes.
+    added: watch::Sender<u64>,
+}
+
+impl Queue {
+    /// Opens (creating) `dir` and reads the entries in it. An entry that
+    /// cannot be read is an error: skipping it would lose its records.
+    pub fn open(dir: &Path) -> io::Result<Queue> {
+        std::fs::create_dir_all(dir)?;
+        let mut entries = BTreeMap::new();
+        for e in std::fs::read_dir(dir)? {
+            let path = e?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            let s: Staged = serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            entries.insert(s.first, s);
+        }
+        Ok(Queue {
+            dir: dir.to_path_buf(),
+            entries: Mutex::new(entries),
+            added: watch::channel(0).0,
+        })
+    }
+
+    fn path(&self, first: u64) -> PathBuf {
+        self.dir.join(format!("{first:020}.json"))
+    }
+
+    pub fn add(&self, s: Staged) -> io::Result<()> {
+        let path = self.path(s.first);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&s)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        crate::log::sync_dir(&self.dir)?;
+        self.entries.lock().unwrap().insert(s.first, s);
+        self.added.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// The oldest entry.
+    pub fn first(&self) -> Option<Staged> {
+        self.entries.lock().unwrap().values().next().cloned()
+    }
+
+    pub fn remove(&self, s: &Staged) -> io::Result<()> {
+        match std::fs::remove_file(self.path(s.first)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        crate::log::sync_dir(&self.dir)?;
+        let mut entries = self.entries.lock().unwrap();
+        // A replay may have queued the same object again meanwhile: the
+        // entry is the same, and loading it again finds it in the ledger.
+        if entries.get(&s.first) == Some(s) {
+            entries.remove(&s.first);
+        }
+        Ok(())
+    }
+
+    /// Objects and records waiting, and the oldest record's arrival (ms).
+    pub fn backlog(&self) -> (u64, u64, Option<i64>) {
+        let e = self.entries.lock().unwrap();
+        (
+            e.len() as u64,
+            e.values().map(|s| s.records).sum(),
+            e.values().map(|s| s.oldest_ms).min(),
+        )
+    }
+
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.added.subscribe()
+    }
+}

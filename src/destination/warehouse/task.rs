@@ -1,0 +1,569 @@
+//! The loading task: takes staged objects from the queue in order and loads
+//! each one (see the module notes of `warehouse` for why exactly once).
+//!
+//! - A row the table refuses goes to the error output with its reason and
+//!   its raw record; the rest of the object loads. Past `MAXERROR` refused
+//!   rows nothing of the object loads: its refused rows and its manifest
+//!   go to the error output.
+//! - While the warehouse is unreachable, or the table or a column is
+//!   missing, the object is retried with backoff for
+//!   `RetryOptions.DurationInSeconds` (counted from its first failure in
+//!   this run of hydrant); then its manifest goes to the error output and
+//!   loading moves on. `hydrant backfill` loads such manifests later.
+//!
+//! Error documents have Firehose's shape (`route::error_document`), with
+//! `!{firehose:error-output-type}` = `redshift-failed`; their
+//! `arrivalTimestamp` is the object's oldest record's. Manifests have
+//! Redshift's: `{"entries": [{"url": "s3://bucket/key", "mandatory": true}]}`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::load::{LoadError, Loader, Outcome, Rejected};
+use super::queue::{Queue, Staged};
+use super::{row, WarehouseStats};
+use crate::delivery::route::{error_document, Diversion};
+use crate::destination::lake::{encode, store::Stores};
+use crate::spec::{StreamSpec, WarehouseSpec};
+
+/// The error output type of everything the warehouse refuses.
+pub const OUTPUT_TYPE: &str = "redshift-failed";
+/// Largest staged object loaded, uncompressed (twice the largest buffer).
+const MAX_OBJECT_BYTES: usize = 2 * crate::spec::MAX_SIZE_MB as usize * 1024 * 1024;
+/// Longest wait between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A row that did not load: its record and why.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub raw: Vec<u8>,
+    /// The reason as metrics count it: a PostgreSQL condition name, or
+    /// `unreadable_record`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// What loading one object did.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub rows: u64,
+    pub refused: Vec<Refusal>,
+    /// The ledger had it: loaded before, nothing done now.
+    pub already: bool,
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth retrying: the warehouse, the table or the store failed.
+    Retry(String),
+    /// More rows refused than MAXERROR allows: nothing was loaded.
+    Refused(Vec<Refusal>),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retry(m) => f.write_str(m),
+            Failure::Refused(r) => write!(
+                f,
+                "{} rows were refused, more than MAXERROR allows; the first: {}",
+                r.len(),
+                r.first().map(|r| r.message.as_str()).unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// PostgreSQL's name for the conditions a row meets most.
+fn condition(code: &str) -> String {
+    match code {
+        "22P02" => "invalid_text_representation",
+        "22001" => "string_data_right_truncation",
+        "22003" => "numeric_value_out_of_range",
+        "22007" => "invalid_datetime_format",
+        "22008" => "datetime_field_overflow",
+        "22012" => "division_by_zero",
+        "22021" => "character_not_in_repertoire",
+        "22023" => "invalid_parameter_value",
+        "23502" => "not_null_violation",
+        "23503" => "foreign_key_violation",
+        "23505" => "unique_violation",
+        "23514" => "check_violation",
+        other => return format!("sqlstate_{other}"),
+    }
+    .to_string()
+}
+
+/// Loads a stream's staged objects: shared by the task and backfill.
+pub struct Loading {
+    pub spec: StreamSpec,
+    pub stores: Stores,
+}
+
+impl Loading {
+    fn warehouse(&self) -> &WarehouseSpec {
+        self.spec.warehouse.as_ref().expect("a warehouse stream")
+    }
+
+    /// Where the error output of an object goes: `what` is `rows` or
+    /// `manifest`. A function of the object's key, so a retry overwrites.
+    fn error_key(&self, key: &str, what: &str, at_ms: i64, extension: &str) -> String {
+        let id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("{key}#{what}").as_bytes(),
+        );
+        crate::delivery::error_key(&self.spec, &id, at_ms, OUTPUT_TYPE, extension)
+    }
+
+    fn documents(refused: &[Refusal], arrival_ms: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in refused {
+            let d = Diversion {
+                output_type: OUTPUT_TYPE.into(),
+                code: format!("Redshift.{}", r.reason),
+                message: r.message.clone(),
+            };
+            out.extend_from_slice(&error_document(&d, arrival_ms, &r.raw));
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// The connection, made if need be: it checks the table and columns.
+    pub async fn connect<'c>(
+        &self,
+        conn: &'c mut Option<Loader>,
+    ) -> Result<&'c mut Loader, String> {
+        if conn.is_none() {
+            let w = self.warehouse();
+            let c = &w.credentials;
+            let l = Loader::connect(
+                &w.target,
+                &c.username,
+                &c.password.0,
+                w.table.clone(),
+                w.columns.as_deref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            *conn = Some(l);
+        }
+        Ok(conn.as_mut().expect("connected"))
+    }
+
+    /// Loads one staged object (see the module notes).
+    pub async fn load(
+        &self,
+        conn: &mut Option<Loader>,
+        key: &str,
+        arrival_ms: i64,
+    ) -> Result<Loaded, Failure> {
+        let w = self.warehouse();
+        let bucket = &self.spec.bucket;
+        let bytes = self.stores.get(bucket, key).await.map_err(|e| {
+            Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
+        })?;
+        let body = encode::decompress(&bytes, self.spec.compression, MAX_OBJECT_BYTES)
+            .map_err(|e| Failure::Retry(format!("the staged object {bucket}/{key}: {e}")))?;
+        let loader = self.connect(conn).await.map_err(Failure::Retry)?;
+        let mut refused = Vec::new();
+        let (mut rows, mut raws) = (Vec::new(), Vec::new());
+        for r in row::rows(&body, &w.copy, loader.columns(), self.spec.append_delimiter) {
+            match r.row {
+                Ok(row) => {
+                    rows.push(row);
+                    raws.push(r.raw);
+                }
+                Err(message) => refused.push(Refusal {
+                    raw: r.raw,
+                    reason: "unreadable_record".into(),
+                    message,
+                }),
+            }
+        }
+        let max = w.copy.max_error;
+        if refused.len() as u64 > max {
+            return Err(Failure::Refused(refused));
+        }
+        let by_row = |rejected: &[Rejected]| -> Vec<Refusal> {
+            rejected
+                .iter()
+                .map(|r| Refusal {
+                    raw: raws[r.row].clone(),
+                    reason: condition(&r.code),
+                    message: r.message.clone(),
+                })
+                .collect()
+        };
+        let doc_key = self.error_key(key, "rows", arrival_ms, "");
+        let mut all = refused.clone();
+        let outcome = loader
+            .load(
+                &self.spec.name,
+                key,
+                &rows,
+                refused.len() as u64,
+                max,
+                |rejected| {
+                    all.extend(by_row(&rejected));
+                    let doc = (!all.is_empty()).then(|| Self::documents(&all, arrival_ms));
+                    let stores = self.stores.clone();
+                    async move {
+                        if let Some(doc) = doc {
+                            stores
+                                .put_async(bucket, &doc_key, &doc)
+                                .await
+                                .map_err(|e| {
+                                    format!("writing the refused rows to {bucket}/{doc_key}: {e}")
+                                })?;
+                        }
+                        Ok(rejected)
+                    }
+                },
+            )
+            .await;
+        match outcome {
+            Ok(Outcome::Loaded { rows, .. }) => Ok(Loaded {
+                rows,
+                refused: all,
+                already: false,
+            }),
+            Ok(Outcome::AlreadyLoaded) => Ok(Loaded {
+                already: true,
+                ..Default::default()
+            }),
+            Err(LoadError::TooManyRejected(r)) => {
+                refused.extend(by_row(&r));
+                Err(Failure::Refused(refused))
+            }
+            Err(e @ (LoadError::Unavailable(_) | LoadError::Table(_))) => {
+                // The next try connects afresh (and reads the table anew).
+                *conn = None;
+                Err(Failure::Retry(e.to_string()))
+            }
+        }
+    }
+
+    /// Puts an object that will not load in the error output: its refused
+    /// rows (if any) and its manifest. Returns the manifest's key.
+    pub async fn fail(
+        &self,
+        key: &str,
+        arrival_ms: i64,
+        refused: &[Refusal],
+    ) -> std::io::Result<String> {
+        let bucket = &self.spec.bucket;
+        if !refused.is_empty() {
+            let doc_key = self.error_key(key, "rows", arrival_ms, "");
+            self.stores
+                .put_async(bucket, &doc_key, &Self::documents(refused, arrival_ms))
+                .await?;
+        }
+        let manifest = json!({
+            "entries": [{ "url": format!("s3://{bucket}/{key}"), "mandatory": true }]
+        });
+        let manifest_key = self.error_key(key, "manifest", arrival_ms, ".manifest");
+        self.stores
+            .put_async(bucket, &manifest_key, manifest.to_string().as_bytes())
+            .await?;
+        Ok(manifest_key)
+    }
+
+    /// The staged objects a manifest names. Each must be in the stream's
+    /// staging bucket: a manifest cannot load what the stream never staged.
+    pub async fn manifest_entries(&self, manifest_key: &str) -> Result<Vec<String>, String> {
+        let bucket = &self.spec.bucket;
+        let bytes = self
+            .stores
+            .get(bucket, manifest_key)
+            .await
+            .map_err(|e| format!("reading {bucket}/{manifest_key}: {e}"))?;
+        if bytes.len() > 1 << 20 {
+            return Err(format!("{manifest_key}: a manifest is at most 1 MiB"));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{manifest_key} is not a manifest: {e}"))?;
+        let entries = v["entries"]
+            .as_array()
+            .ok_or_else(|| format!("{manifest_key} has no entries"))?;
+        let prefix = format!("s3://{bucket}/");
+        entries
+            .iter()
+            .map(|e| {
+                let url = e["url"].as_str().unwrap_or_default();
+                url.strip_prefix(&prefix)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        format!("{manifest_key}: {url:?} is not an object of the staging bucket {bucket}")
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The loading task of one stream.
+pub struct Task {
+    pub loading: Loading,
+    pub queue: Arc<Queue>,
+    pub stats: Arc<WarehouseStats>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Task {
+    /// Runs until `stop`; the queue keeps what is left for the next start.
+    pub fn start(
+        self,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name(format!("load-{}", self.loading.spec.name))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| self.run(&rt, stop));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    tracing::error!(error = %what, "loading stopped unexpectedly; staged objects stay queued for the next start");
+                }
+            })
+    }
+
+    fn report(&self, message: String) {
+        *self.stats.last_error.lock().unwrap() = Some((message, now_ms()));
+    }
+
+    fn run(&self, rt: &tokio::runtime::Handle, mut stop: watch::Receiver<bool>) {
+        let mut added = self.queue.watch();
+        let mut conn: Option<Loader> = None;
+        // A missing table or an unreachable warehouse shows at once, not
+        // only when the first object is due.
+        if let Err(e) = rt.block_on(self.loading.connect(&mut conn)) {
+            tracing::warn!(stream = %self.loading.spec.name, error = %e, "the warehouse cannot be loaded yet");
+            self.report(e);
+        }
+        loop {
+            if *stop.borrow_and_update() {
+                return;
+            }
+            let Some(s) = self.queue.first() else {
+                rt.block_on(async {
+                    tokio::select! {
+                        _ = added.changed() => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+                continue;
+            };
+            if !self.deliver(rt, &mut conn, &s, &mut stop) {
+                return;
+            }
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = self.queue.remove(&s) {
+                self.report(format!("removing a loaded object from the queue: {e}"));
+                if !sleep(rt, &mut stop, &mut backoff) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Loads one object, or puts its manifest in the error output once its
+    /// retries are over. False if hydrant stopped first.
+    fn deliver(
+        &self,
+        rt: &tokio::runtime::Handle,
+        conn: &mut Option<Loader>,
+        s: &Staged,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let name = &self.loading.spec.name;
+        let retry = Duration::from_secs(self.loading.warehouse().retry_seconds as u64);
+        let mut first_failure: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        let refused = loop {
+            match rt.block_on(self.loading.load(conn, &s.key, s.oldest_ms)) {
+                Ok(l) => {
+                    let st = &self.stats;
+                    if !l.already {
+                        st.objects_loaded.fetch_add(1, Relaxed);
+                        st.rows_loaded.fetch_add(l.rows, Relaxed);
+                        let mut by = st.rejected.lock().unwrap();
+                        for r in &l.refused {
+                            *by.entry(r.reason.clone()).or_default() += 1;
+                        }
+                    }
+                    st.load_lag
+                        .observe(Duration::from_millis((now_ms() - s.oldest_ms).max(0) as u64));
+                    *st.last_error.lock().unwrap() = None;
+                    tracing::debug!(stream = %name, key = %s.key, rows = l.rows, already = l.already, "loaded");
+                    return true;
+                }
+                Err(Failure::Refused(r)) => {
+                    self.report(Failure::Refused(r.clone()).to_string());
+                    break r;
+                }
+                Err(Failure::Retry(m)) => {
+                    let since = *first_failure.get_or_insert_with(Instant::now);
+                    self.report(m.clone());
+                    tracing::warn!(stream = %name, key = %s.key, error = %m, retry_in = ?backoff,
+                        "loading failed; retrying");
+                    if since.elapsed() >= retry {
+                        tracing::error!(stream = %name, key = %s.key, error = %m,
+                            "RetryOptions.DurationInSeconds is over: the object's manifest goes to the error output");
+                        break Vec::new();
+                    }
+                    if !sleep(rt, stop, &mut backoff) {
+                        return false;
+                    }
+                }
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match rt.block_on(self.loading.fail(&s.key, s.oldest_ms, &refused)) {
+                Ok(manifest) => {
+                    let st = &self.stats;
+                    st.manifests_failed.fetch_add(1, Relaxed);
+                    let mut by = st.rejected.lock().unwrap();
+                    for r in &refused {
+                        *by.entry(r.reason.clone()).or_default() += 1;
+                    }
+                    tracing::warn!(stream = %name, key = %s.key, %manifest, "not loaded; manifest in the error output");
+                    return true;
+                }
+                Err(e) => {
+                    self.report(format!("writing the manifest of {}: {e}", s.key));
+                    if !sleep(rt, stop, &mut backoff) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits `backoff` (then doubles it), or until hydrant stops: false then.
+fn sleep(
+    rt: &tokio::runtime::Handle,
+    stop: &mut watch::Receiver<bool>,
+    backoff: &mut Duration,
+) -> bool {
+    let d = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    rt.block_on(async {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.changed() => false,
+        }
+    }) && !*stop.borrow()
+}
+
+/// Refused rows counted by reason, for a summary.
+pub fn by_reason(refused: &[Refusal]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for r in refused {
+        *m.entry(r.reason.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// `hydrant backfill`: loads the staged objects that manifests name, each
+/// exactly once (an object the ledger has is skipped), and reports each.
+/// Without manifest keys, takes every manifest the stream put in its error
+/// output. Safe beside a running hydrant, and safe to run again.
+pub async fn backfill(
+    data_dir: &std::path::Path,
+    config: &crate::config::Config,
+    stream: &str,
+    manifests: Vec<String>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let request = crate::stream::definition(data_dir, stream)?;
+    let declared = config.declared().map_err(|e| anyhow::anyhow!(e))?;
+    let spec = crate::spec::parse(&request, &declared)
+        .with_context(|| format!("delivery stream {stream}"))?;
+    anyhow::ensure!(
+        spec.warehouse.is_some(),
+        "delivery stream {stream} has no RedshiftDestinationConfiguration: there is nothing to backfill"
+    );
+    let local = crate::destination::lake::store::LocalStore::open(data_dir)
+        .with_context(|| format!("opening the lake in {}", data_dir.display()))?;
+    let stores = Stores::new(local, &config.buckets).map_err(|e| anyhow::anyhow!(e))?;
+    let loading = Loading { spec, stores };
+    let manifests = if manifests.is_empty() {
+        let head = loading
+            .spec
+            .error_output_prefix
+            .as_deref()
+            .map(|p| p.split("!{").next().unwrap_or(""))
+            .unwrap_or("")
+            .to_string();
+        let own = format!("{stream}-{}-", crate::delivery::STREAM_VERSION);
+        loading
+            .stores
+            .list(&loading.spec.bucket, &head)
+            .await
+            .with_context(|| format!("listing {}/{head}", loading.spec.bucket))?
+            .into_iter()
+            .filter(|k| {
+                k.ends_with(".manifest")
+                    && k.rsplit('/').next().is_some_and(|n| n.starts_with(&own))
+            })
+            .collect()
+    } else {
+        manifests
+    };
+    if manifests.is_empty() {
+        println!("no manifests of {stream} to load");
+        return Ok(());
+    }
+    let mut conn = None;
+    let mut failed = 0;
+    let now = chrono::Utc::now().timestamp_millis();
+    for m in &manifests {
+        let objects = match loading.manifest_entries(m).await {
+            Ok(o) => o,
+            Err(e) => {
+                println!("{m}: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        for key in objects {
+            match loading.load(&mut conn, &key, now).await {
+                Ok(l) if l.already => println!("{m}: {key}: already loaded, skipped"),
+                Ok(l) => println!(
+                    "{m}: {key}: loaded {} rows{}",
+                    l.rows,
+                    if l.refused.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {} refused ({:?}) and in the error output",
+                            l.refused.len(),
+                            by_reason(&l.refused)
+                        )
+                    }
+                ),
+                Err(e) => {
+                    println!("{m}: {key}: not loaded: {e}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} manifests or objects could not be loaded (see above); run backfill again once fixed");
+    Ok(())
+}
