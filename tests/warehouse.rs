@@ -4,7 +4,7 @@
 //! Without that server the tests skip loudly, and fail when CI=true.
 
 use hydrant::destination::warehouse::jdbc::Target;
-use hydrant::destination::warehouse::load::{LoadError, Loader, Outcome, Row, TableName};
+use hydrant::destination::warehouse::load::{CopyText, LoadError, Loader, Outcome, Row, TableName};
 
 const URL: &str = "jdbc:postgresql://127.0.0.1:5432/test?connectTimeout=5";
 
@@ -48,11 +48,11 @@ async fn table(admin: &tokio_postgres::Client, test: &str) -> String {
     name
 }
 
-fn row(id: &str, source: Option<&str>, amount: &str) -> Row {
+fn row(id: &str, source: Option<&str>, amount: &str) -> Row<'static> {
     vec![
-        Some(id.into()),
-        source.map(Into::into),
-        Some(amount.into()),
+        Some(id.to_string().into()),
+        source.map(|s| s.to_string().into()),
+        Some(amount.to_string().into()),
         Some("2026-11-28 13:00:00+00".into()),
     ]
 }
@@ -93,7 +93,14 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
         .map(|i| row(&i.to_string(), Some("web"), "1.50"))
         .collect();
     let first = l
-        .load(&name, "objects/a", &rows, 0, 0, |r| async { Ok(r) })
+        .load(
+            &name,
+            "objects/a",
+            &CopyText::from_rows(&rows),
+            0,
+            0,
+            |r| async { Ok(r) },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -105,15 +112,29 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
     );
     // A retry (after a lost commit acknowledgement, a restart) changes nothing.
     assert_eq!(
-        l.load(&name, "objects/a", &rows, 0, 0, |r| async { Ok(r) })
-            .await
-            .unwrap(),
+        l.load(
+            &name,
+            "objects/a",
+            &CopyText::from_rows(&rows),
+            0,
+            0,
+            |r| async { Ok(r) }
+        )
+        .await
+        .unwrap(),
         Outcome::AlreadyLoaded
     );
     let mut other = loader(&name).await;
     assert_eq!(
         other
-            .load(&name, "objects/a", &rows, 0, 0, |r| async { Ok(r) })
+            .load(
+                &name,
+                "objects/a",
+                &CopyText::from_rows(&rows),
+                0,
+                0,
+                |r| async { Ok(r) }
+            )
             .await
             .unwrap(),
         Outcome::AlreadyLoaded
@@ -130,9 +151,16 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
     assert_eq!(ledger, 100);
     // Values that need escaping arrive as they were.
     let odd = vec![vec![Some("101".into()), Some("a\tb\\c".into()), None, None]];
-    l.load(&name, "objects/b", &odd, 0, 0, |r| async { Ok(r) })
-        .await
-        .unwrap();
+    l.load(
+        &name,
+        "objects/b",
+        &CopyText::from_rows(&odd),
+        0,
+        0,
+        |r| async { Ok(r) },
+    )
+    .await
+    .unwrap();
     let got: String = admin
         .query_one(&format!("SELECT source FROM {name} WHERE id = 101"), &[])
         .await
@@ -159,7 +187,14 @@ async fn bad_rows_fail_alone_until_maxerror() {
         row("6", Some("ios"), "2.5"),
     ];
     match l
-        .load(&name, "objects/bad", &rows, 0, 3, |r| async { Ok(r) })
+        .load(
+            &name,
+            "objects/bad",
+            &CopyText::from_rows(&rows),
+            0,
+            3,
+            |r| async { Ok(r) },
+        )
         .await
     {
         Err(LoadError::TooManyRejected(r)) => assert_eq!(r.len(), 4),
@@ -171,7 +206,14 @@ async fn bad_rows_fail_alone_until_maxerror() {
         "past MAXERROR nothing loads"
     );
     match l
-        .load(&name, "objects/bad", &rows, 0, 4, |r| async { Ok(r) })
+        .load(
+            &name,
+            "objects/bad",
+            &CopyText::from_rows(&rows),
+            0,
+            4,
+            |r| async { Ok(r) },
+        )
         .await
         .unwrap()
     {

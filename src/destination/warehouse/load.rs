@@ -37,7 +37,8 @@ use tokio_postgres::{Client, NoTls};
 use super::jdbc::Target;
 
 /// A row as text values in the table's column order; `None` is NULL.
-pub type Row = Vec<Option<String>>;
+/// Values borrow from the staged object where they can.
+pub type Row<'a> = Vec<Option<std::borrow::Cow<'a, str>>>;
 
 /// Why a row was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +133,55 @@ pub struct Column {
     pub data_type: String,
     /// For character columns, their length.
     pub max_chars: Option<usize>,
+}
+
+/// The size of each piece of COPY data sent.
+const COPY_PIECE: usize = 256 << 10;
+
+/// Rows as the text COPY reads, a line each.
+#[derive(Debug, Default, Clone)]
+pub struct CopyText {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl CopyText {
+    pub fn push(&mut self, row: &Row<'_>) {
+        text_row(row, &mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn from_rows(rows: &[Row<'_>]) -> CopyText {
+        let mut t = CopyText::default();
+        for r in rows {
+            t.push(r);
+        }
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The text of the rows not refused.
+    fn keeping(&self, refused: &[bool]) -> bytes::Bytes {
+        if !refused.contains(&true) {
+            return bytes::Bytes::copy_from_slice(&self.bytes);
+        }
+        let mut out = Vec::with_capacity(self.bytes.len());
+        let mut start = 0;
+        for (i, &end) in self.ends.iter().enumerate() {
+            if !refused[i] {
+                out.extend_from_slice(&self.bytes[start..end]);
+            }
+            start = end;
+        }
+        out.into()
+    }
 }
 
 pub struct Loader {
@@ -252,7 +302,7 @@ impl Loader {
         &mut self,
         stream: &str,
         object: &str,
-        rows: &[Row],
+        rows: &CopyText,
         refused_before: u64,
         max_error: u64,
         before_commit: F,
@@ -262,15 +312,6 @@ impl Loader {
         Fut: std::future::Future<Output = Result<Vec<Rejected>, String>>,
     {
         let mut before_commit = Some(before_commit);
-        for r in rows {
-            if r.len() != self.columns.len() {
-                return Err(LoadError::Table(format!(
-                    "a row has {} values for {} columns",
-                    r.len(),
-                    self.columns.len()
-                )));
-            }
-        }
         let mut rejected: Vec<Rejected> = Vec::new();
         let mut refused = vec![false; rows.len()];
         loop {
@@ -292,14 +333,17 @@ impl Loader {
             if fresh == 0 {
                 return Ok(Outcome::AlreadyLoaded);
             }
-            let mut body = Vec::new();
-            for &i in &keep {
-                text_row(&rows[i], &mut body);
-            }
+            let body = rows.keeping(&refused);
             let copied = async {
                 let sink = tx.copy_in(&self.copy).await?;
                 futures::pin_mut!(sink);
-                sink.send(bytes::Bytes::from(body)).await?;
+                // In pieces, so PostgreSQL reads while the rest arrives.
+                let mut at = 0;
+                while at < body.len() {
+                    let end = (at + COPY_PIECE).min(body.len());
+                    sink.feed(body.slice(at..end)).await?;
+                    at = end;
+                }
                 sink.finish().await
             }
             .await;
@@ -358,25 +402,31 @@ fn copy_line(context: &str) -> Option<usize> {
 
 /// One row in COPY's text format: tab-separated, `\N` for NULL, with
 /// backslash, tab, newline and carriage return escaped.
-fn text_row(row: &Row, out: &mut Vec<u8>) {
+fn text_row(row: &Row<'_>, out: &mut Vec<u8>) {
     for (i, v) in row.iter().enumerate() {
         if i > 0 {
             out.push(b'\t');
         }
-        match v {
-            None => out.extend_from_slice(b"\\N"),
-            Some(s) => {
-                for b in s.bytes() {
-                    match b {
-                        b'\\' => out.extend_from_slice(b"\\\\"),
-                        b'\t' => out.extend_from_slice(b"\\t"),
-                        b'\n' => out.extend_from_slice(b"\\n"),
-                        b'\r' => out.extend_from_slice(b"\\r"),
-                        _ => out.push(b),
-                    }
-                }
-            }
+        let Some(s) = v else {
+            out.extend_from_slice(b"\\N");
+            continue;
+        };
+        // Runs without a byte to escape are copied whole.
+        let mut rest = s.as_bytes();
+        while let Some(at) = rest
+            .iter()
+            .position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+        {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(match rest[at] {
+                b'\\' => b"\\\\",
+                b'\t' => b"\\t",
+                b'\n' => b"\\n",
+                _ => b"\\r",
+            });
+            rest = &rest[at + 1..];
         }
+        out.extend_from_slice(rest);
     }
     out.push(b'\n');
 }
@@ -389,7 +439,7 @@ mod tests {
     fn rows_escape_for_copy_text() {
         let mut out = Vec::new();
         text_row(
-            &vec![Some("a\tb\\c\nd\r".into()), None, Some(String::new())],
+            &vec![Some("a\tb\\c\nd\r".into()), None, Some("".into())],
             &mut out,
         );
         assert_eq!(out, b"a\\tb\\\\c\\nd\\r\t\\N\t\n");

@@ -82,6 +82,15 @@ impl Queue {
         self.entries.lock().unwrap().values().next().cloned()
     }
 
+    /// The entry after `s`.
+    pub fn after(&self, s: &Staged) -> Option<Staged> {
+        use std::ops::Bound::Excluded;
+        let e = self.entries.lock().unwrap();
+        e.range((Excluded(s.first), std::ops::Bound::Unbounded))
+            .next()
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn remove(&self, s: &Staged) -> io::Result<()> {
         match std::fs::remove_file(self.path(s.first)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

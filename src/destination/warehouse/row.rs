@@ -19,6 +19,11 @@
 //! - Invalid UTF-8 refuses the record, or with `ACCEPTINVCHARS` each invalid
 //!   sequence becomes the replacement character.
 
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, MapAccess, Visitor};
+use serde::Deserializer;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::copy::{CopyOptions, RecordFormat, TimeFormat};
@@ -27,9 +32,22 @@ use super::load::{Column, Row};
 /// One record of an object: its bytes as staged, and its row, or why it
 /// is not one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub raw: Vec<u8>,
-    pub row: Result<Row, String>,
+pub struct Record<'a> {
+    pub raw: Cow<'a, [u8]>,
+    pub row: Result<Row<'a>, String>,
+}
+
+impl Record<'_> {
+    fn into_owned(self) -> Record<'static> {
+        Record {
+            raw: Cow::Owned(self.raw.into_owned()),
+            row: self.row.map(|r| {
+                r.into_iter()
+                    .map(|v| v.map(|v| Cow::Owned(v.into_owned())))
+                    .collect()
+            }),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -53,13 +71,13 @@ fn kind(c: &Column) -> Kind {
 /// the reason it is not one, in order. `line_per_record`: the records were
 /// staged one per line (AppendDelimiterToRecord), so a line that does not
 /// read whole is one refused record.
-pub fn rows(
-    body: &[u8],
+pub fn rows<'a>(
+    body: &'a [u8],
     opts: &CopyOptions,
     columns: &[Column],
     line_per_record: bool,
-) -> Vec<Record> {
-    let mut out = Vec::new();
+) -> Vec<Record<'a>> {
+    let mut out: Vec<Record<'a>> = Vec::new();
     let lines = body
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -68,19 +86,20 @@ pub fn rows(
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let record = |raw: &[u8], row: Result<Row, String>| Record {
-            raw: raw.to_vec(),
+        let record = |raw: &'a [u8], row: Result<Row<'a>, String>| Record {
+            raw: Cow::Borrowed(raw),
             row,
         };
-        let text = match (std::str::from_utf8(line), opts.accept_inv_chars) {
-            (Ok(t), _) => t.to_string(),
+        let text: Cow<'a, str> = match (std::str::from_utf8(line), opts.accept_inv_chars) {
+            (Ok(t), _) => Cow::Borrowed(t),
             (Err(_), Some(c)) => line
                 .utf8_chunks()
                 .flat_map(|ch| {
                     let bad = (!ch.invalid().is_empty()).then_some(c);
                     ch.valid().chars().chain(bad)
                 })
-                .collect(),
+                .collect::<String>()
+                .into(),
             (Err(e), None) => {
                 out.push(record(
                     line,
@@ -90,61 +109,30 @@ pub fn rows(
             }
         };
         match &opts.format {
-            RecordFormat::Json { ignore_case } => {
-                // A record may hold several objects, and without a
-                // delimiter a line holds records back to back (Firehose
-                // writes them so): each object is a row.
-                //
-                // A line that does not read as JSON: with a record per
-                // line, the line is one refused record, and none of its
-                // objects load. Back to back, there are no record bounds
-                // to go by; reading resumes where one object ends and the
-                // next begins (`}{`), and the bytes skipped are refused.
-                let first = out.len();
-                let mut base = 0;
-                'line: while base < text.len() {
-                    let mut values =
-                        serde_json::Deserializer::from_str(&text[base..]).into_iter::<Value>();
-                    let mut at = 0;
-                    while let Some(v) = values.next() {
-                        let end = values.byte_offset();
-                        match v {
-                            Ok(v) => {
-                                let raw = text[base + at..base + end].trim().as_bytes();
-                                at = end;
-                                let row = match v {
-                                    Value::Object(obj) => {
-                                        json_row(&obj, *ignore_case, opts, columns)
-                                    }
-                                    _ => Err("not a JSON object".into()),
-                                };
-                                out.push(record(raw, row));
-                            }
-                            Err(e) if line_per_record => {
-                                out.truncate(first);
-                                out.push(record(line, Err(format!("not JSON: {e}"))));
-                                break 'line;
-                            }
-                            Err(e) => {
-                                let start = base + at + text[base + at..].len()
-                                    - text[base + at..].trim_start().len();
-                                let next = text[start..]
-                                    .match_indices('}')
-                                    .map(|(i, _)| start + i + 1)
-                                    .find(|&i| text[i..].trim_start().starts_with('{'))
-                                    .map_or(text.len(), |i| {
-                                        i + text[i..].len() - text[i..].trim_start().len()
-                                    });
-                                let raw = text[start..next].trim().as_bytes();
-                                out.push(record(raw, Err(format!("not JSON: {e}"))));
-                                base = next;
-                                continue 'line;
-                            }
-                        }
-                    }
-                    break;
+            RecordFormat::Json { ignore_case } => match text {
+                Cow::Borrowed(t) => json_line(
+                    t,
+                    line,
+                    *ignore_case,
+                    opts,
+                    columns,
+                    line_per_record,
+                    &mut out,
+                ),
+                Cow::Owned(t) => {
+                    let mut owned = Vec::new();
+                    json_line(
+                        &t,
+                        line,
+                        *ignore_case,
+                        opts,
+                        columns,
+                        line_per_record,
+                        &mut owned,
+                    );
+                    out.extend(owned.into_iter().map(|r| -> Record<'a> { r.into_owned() }));
                 }
-            }
+            },
             RecordFormat::Csv { delimiter, quote } => {
                 out.push(record(
                     line,
@@ -164,28 +152,182 @@ pub fn rows(
     out
 }
 
-fn json_row(
-    obj: &serde_json::Map<String, Value>,
+/// The JSON records of one line (see [`rows`]); `line` is its bytes as
+/// staged, the record when the line is refused whole.
+fn json_line<'t>(
+    text: &'t str,
+    line: &'t [u8],
     ignore_case: bool,
     opts: &CopyOptions,
     columns: &[Column],
-) -> Result<Row, String> {
-    columns
-        .iter()
-        .map(|c| {
-            let v = match obj.get(&c.name) {
-                Some(v) => Some(v),
-                None if ignore_case => obj
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&c.name))
-                    .map(|(_, v)| v),
-                None => None,
-            };
+    line_per_record: bool,
+    out: &mut Vec<Record<'t>>,
+) {
+    // A record may hold several objects, and without a delimiter a line
+    // holds records back to back (Firehose writes them so): each object is
+    // a row.
+    //
+    // A line that does not read as JSON: with a record per line, the line
+    // is one refused record, and none of its objects load. Back to back,
+    // there are no record bounds to go by; reading resumes where one object
+    // ends and the next begins (`}{`), and the bytes skipped are refused.
+    let record = |raw: &'t str, row| Record {
+        raw: Cow::Borrowed(raw.as_bytes()),
+        row,
+    };
+    let first = out.len();
+    let mut slots = Vec::with_capacity(columns.len());
+    // Most lines are one object: read it in one pass.
+    let whole = text.trim();
+    if whole.starts_with('{') {
+        if let Ok(row) = json_row(whole, &mut slots, ignore_case, opts, columns) {
+            out.push(record(whole, Ok(row)));
+            return;
+        }
+    }
+    let mut base = 0;
+    'line: while base < text.len() {
+        let mut values = serde_json::Deserializer::from_str(&text[base..]).into_iter::<&RawValue>();
+        let mut at = 0;
+        while let Some(v) = values.next() {
+            let end = values.byte_offset();
             match v {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => value(s.clone(), opts, c),
-                Some(Value::Number(n)) => value(n.to_string(), opts, c),
-                Some(v) => Ok(Some(v.to_string())),
+                Ok(v) => {
+                    let raw = text[base + at..base + end].trim();
+                    at = end;
+                    let row = if v.get().starts_with('{') {
+                        json_row(v.get(), &mut slots, ignore_case, opts, columns)
+                    } else {
+                        Err("not a JSON object".into())
+                    };
+                    out.push(record(raw, row));
+                }
+                Err(e) if line_per_record => {
+                    out.truncate(first);
+                    out.push(Record {
+                        raw: Cow::Borrowed(line),
+                        row: Err(format!("not JSON: {e}")),
+                    });
+                    return;
+                }
+                Err(e) => {
+                    let start =
+                        base + at + text[base + at..].len() - text[base + at..].trim_start().len();
+                    let next = text[start..]
+                        .match_indices('}')
+                        .map(|(i, _)| start + i + 1)
+                        .find(|&i| text[i..].trim_start().starts_with('{'))
+                        .map_or(text.len(), |i| {
+                            i + text[i..].len() - text[i..].trim_start().len()
+                        });
+                    out.push(record(
+                        text[start..next].trim(),
+                        Err(format!("not JSON: {e}")),
+                    ));
+                    base = next;
+                    continue 'line;
+                }
+            }
+        }
+        break;
+    }
+}
+
+/// Reads an object's members into the column slots they name (the last
+/// one, if a name repeats; with ignorecase, an exact match wins), leaving
+/// every value borrowed from the text.
+struct Slots<'s, 't, 'c> {
+    slots: &'s mut Vec<Option<(&'t RawValue, bool)>>,
+    columns: &'c [Column],
+    ignore_case: bool,
+}
+
+impl<'de> Visitor<'de> for Slots<'_, 'de, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+        while let Some(k) = m.next_key::<Key<'de>>()? {
+            let v: &'de RawValue = m.next_value()?;
+            for (i, c) in self.columns.iter().enumerate() {
+                if *k.0 == c.name {
+                    self.slots[i] = Some((v, true));
+                } else if self.ignore_case
+                    && k.0.eq_ignore_ascii_case(&c.name)
+                    && !self.slots[i].is_some_and(|(_, exact)| exact)
+                {
+                    self.slots[i] = Some((v, false));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object into a row: each column takes the member of its name.
+fn json_row<'t>(
+    obj: &'t str,
+    slots: &mut Vec<Option<(&'t RawValue, bool)>>,
+    ignore_case: bool,
+    opts: &CopyOptions,
+    columns: &[Column],
+) -> Result<Row<'t>, String> {
+    slots.clear();
+    slots.resize(columns.len(), None);
+    let mut de = serde_json::Deserializer::from_str(obj);
+    de.deserialize_map(Slots {
+        slots,
+        columns,
+        ignore_case,
+    })
+    .and_then(|()| de.end())
+    .map_err(|e| format!("not JSON: {e}"))?;
+    slots
+        .iter()
+        .zip(columns)
+        .map(|(v, c)| {
+            let Some((v, _)) = v else { return Ok(None) };
+            let raw: &'t str = v.get();
+            match raw.as_bytes().first() {
+                Some(b'n') => Ok(None),
+                Some(b'"') if !raw.contains('\\') => {
+                    value(Cow::Borrowed(&raw[1..raw.len() - 1]), opts, c)
+                }
+                Some(b'"') => value(
+                    Cow::Owned(serde_json::from_str::<String>(raw).map_err(|e| e.to_string())?),
+                    opts,
+                    c,
+                ),
+                // Objects and arrays load as their JSON text.
+                Some(b'{' | b'[') => Ok(Some(Cow::Owned(
+                    serde_json::from_str::<Value>(raw)
+                        .map_err(|e| e.to_string())?
+                        .to_string(),
+                ))),
+                // Numbers as written, and booleans.
+                _ => value(Cow::Borrowed(raw), opts, c),
             }
         })
         .collect()
@@ -239,7 +381,7 @@ fn fields_row(
     fields: Vec<(String, bool)>,
     opts: &CopyOptions,
     columns: &[Column],
-) -> Result<Row, String> {
+) -> Result<Row<'static>, String> {
     if fields.len() != columns.len() {
         return Err(format!(
             "{} fields for {} columns",
@@ -254,13 +396,17 @@ fn fields_row(
             if f.is_empty() && !quoted && kind(c) != Kind::Char {
                 return Ok(None);
             }
-            value(f, opts, c)
+            value(Cow::Owned(f), opts, c)
         })
         .collect()
 }
 
 /// One value for its column, after the options that apply to it.
-fn value(s: String, opts: &CopyOptions, c: &Column) -> Result<Option<String>, String> {
+fn value<'a>(
+    s: Cow<'a, str>,
+    opts: &CopyOptions,
+    c: &Column,
+) -> Result<Option<Cow<'a, str>>, String> {
     match kind(c) {
         Kind::Char => {
             if opts.empty_as_null && s.is_empty()
@@ -270,7 +416,7 @@ fn value(s: String, opts: &CopyOptions, c: &Column) -> Result<Option<String>, St
             }
             match c.max_chars {
                 Some(n) if opts.truncate_columns && s.chars().count() > n => {
-                    Ok(Some(s.chars().take(n).collect()))
+                    Ok(Some(Cow::Owned(s.chars().take(n).collect())))
                 }
                 _ => Ok(Some(s)),
             }
@@ -289,7 +435,7 @@ fn value(s: String, opts: &CopyOptions, c: &Column) -> Result<Option<String>, St
     }
 }
 
-fn epoch(s: &str, to_ms: f64, c: &Column) -> Result<Option<String>, String> {
+fn epoch(s: &str, to_ms: f64, c: &Column) -> Result<Option<Cow<'static, str>>, String> {
     let ms = s
         .trim()
         .parse::<f64>()
@@ -299,7 +445,9 @@ fn epoch(s: &str, to_ms: f64, c: &Column) -> Result<Option<String>, String> {
         .filter(|ms| ms.abs() < 253_402_300_800_000.0)
         .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
         .ok_or_else(|| format!("column {}: {s:?} is not an epoch time", c.name))?;
-    Ok(Some(ms.format("%Y-%m-%d %H:%M:%S%.3f+00").to_string()))
+    Ok(Some(
+        ms.format("%Y-%m-%d %H:%M:%S%.3f+00").to_string().into(),
+    ))
 }
 
 /// A Redshift datetime pattern as a chrono format.
@@ -335,20 +483,28 @@ fn chrono_format(p: &str) -> String {
     out
 }
 
-fn pattern(s: &str, p: &str, with_time: bool, c: &Column) -> Result<Option<String>, String> {
+fn pattern(
+    s: &str,
+    p: &str,
+    with_time: bool,
+    c: &Column,
+) -> Result<Option<Cow<'static, str>>, String> {
     let f = chrono_format(p);
     let bad = || format!("column {}: {s:?} does not match {p:?}", c.name);
     if with_time {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s.trim(), &f) {
-            return Ok(Some(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()));
+            return Ok(Some(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string().into()));
         }
     }
     let d = chrono::NaiveDate::parse_from_str(s.trim(), &f).map_err(|_| bad())?;
-    Ok(Some(if with_time {
-        d.format("%Y-%m-%d 00:00:00").to_string()
-    } else {
-        d.format("%Y-%m-%d").to_string()
-    }))
+    Ok(Some(
+        if with_time {
+            d.format("%Y-%m-%d 00:00:00").to_string()
+        } else {
+            d.format("%Y-%m-%d").to_string()
+        }
+        .into(),
+    ))
 }
 
 #[cfg(test)]
@@ -374,7 +530,15 @@ mod tests {
     }
 
     fn ok(rows: Vec<Record>) -> Vec<Vec<Option<String>>> {
-        rows.into_iter().map(|r| r.row.unwrap()).collect()
+        rows.into_iter()
+            .map(|r| {
+                r.row
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| v.map(|v| v.into_owned()))
+                    .collect()
+            })
+            .collect()
     }
 
     fn v(xs: &[Option<&str>]) -> Vec<Option<String>> {
@@ -412,9 +576,9 @@ mod tests {
             })
             .collect();
         assert_eq!(reasons, ["ok", "not JSON:", "not a", "not UTF-8", "ok"]);
-        assert_eq!(got[1].raw, b"not json");
-        assert_eq!(got[2].raw, b"[1,2]");
-        assert_eq!(got[4].raw, b"{\"id\": 5}");
+        assert_eq!(&got[1].raw[..], b"not json");
+        assert_eq!(&got[2].raw[..], b"[1,2]");
+        assert_eq!(&got[4].raw[..], b"{\"id\": 5}");
         let got = rows(
             body,
             &opts("json 'auto' acceptinvchars as '^'"),
@@ -428,7 +592,7 @@ mod tests {
     fn a_bad_record_back_to_back_fails_alone() {
         let body = br#"{"id": 1}garbage{"id": 2}{"id": 3, "source": }{"id": 4}"#;
         let got = rows(body, &opts("json 'auto'"), &cols(), false);
-        let raws: Vec<&[u8]> = got.iter().map(|r| r.raw.as_slice()).collect();
+        let raws: Vec<&[u8]> = got.iter().map(|r| &r.raw[..]).collect();
         assert_eq!(
             raws,
             [
@@ -446,7 +610,7 @@ mod tests {
     fn with_a_record_per_line_a_bad_line_is_one_refused_record() {
         let body = b"{\"id\": 1}\n{\"id\": 5, \"x\": oops, \"e\": {\"id\": 7}}\n{\"id\": 2}{\"id\": oops}\n{\"id\": 3}\n";
         let got = rows(body, &opts("json 'auto'"), &cols(), true);
-        let raws: Vec<&[u8]> = got.iter().map(|r| r.raw.as_slice()).collect();
+        let raws: Vec<&[u8]> = got.iter().map(|r| &r.raw[..]).collect();
         assert_eq!(
             raws,
             [

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::load::{LoadError, Loader, Outcome, Rejected};
+use super::load::{Column, CopyText, LoadError, Loader, Outcome, Rejected};
 use super::queue::{Queue, Staged};
 use super::{row, WarehouseStats};
 use crate::delivery::route::{error_document, Diversion};
@@ -99,7 +99,26 @@ fn condition(code: &str) -> String {
     .to_string()
 }
 
+/// A staged object read and turned into COPY text, ready to load.
+pub struct Prepared {
+    key: String,
+    /// The columns it was converted for.
+    columns: Vec<Column>,
+    copy: CopyText,
+    body: Vec<u8>,
+    /// Each row's record: where it is in `body`, or its bytes.
+    raws: Vec<Raw>,
+    /// Records that are not rows.
+    refused: Vec<Refusal>,
+}
+
+enum Raw {
+    At(usize, usize),
+    Owned(Vec<u8>),
+}
+
 /// Loads a stream's staged objects: shared by the task and backfill.
+#[derive(Clone)]
 pub struct Loading {
     pub spec: StreamSpec,
     pub stores: Stores,
@@ -156,13 +175,9 @@ impl Loading {
         Ok(conn.as_mut().expect("connected"))
     }
 
-    /// Loads one staged object (see the module notes).
-    pub async fn load(
-        &self,
-        conn: &mut Option<Loader>,
-        key: &str,
-        arrival_ms: i64,
-    ) -> Result<Loaded, Failure> {
+    /// Reads a staged object and turns it into COPY text for `columns`: the
+    /// work that needs no connection, so it can run ahead of the loads.
+    pub async fn prepare(&self, key: &str, columns: &[Column]) -> Result<Prepared, Failure> {
         let w = self.warehouse();
         let bucket = &self.spec.bucket;
         let bytes = self.stores.get(bucket, key).await.map_err(|e| {
@@ -170,22 +185,83 @@ impl Loading {
         })?;
         let body = encode::decompress(&bytes, self.spec.compression, MAX_OBJECT_BYTES)
             .map_err(|e| Failure::Retry(format!("the staged object {bucket}/{key}: {e}")))?;
-        let loader = self.connect(conn).await.map_err(Failure::Retry)?;
-        let mut refused = Vec::new();
-        let (mut rows, mut raws) = (Vec::new(), Vec::new());
-        for r in row::rows(&body, &w.copy, loader.columns(), self.spec.append_delimiter) {
+        drop(bytes);
+        let mut copy = CopyText::default();
+        let (mut raws, mut refused) = (Vec::new(), Vec::new());
+        let within = body.as_ptr_range();
+        for r in row::rows(&body, &w.copy, columns, self.spec.append_delimiter) {
             match r.row {
                 Ok(row) => {
-                    rows.push(row);
-                    raws.push(r.raw);
+                    copy.push(&row);
+                    // Where the record is in the body, to report it if
+                    // PostgreSQL refuses its row.
+                    raws.push(match &r.raw {
+                        std::borrow::Cow::Borrowed(b) if within.contains(&b.as_ptr()) => {
+                            let at = b.as_ptr() as usize - body.as_ptr() as usize;
+                            Raw::At(at, at + b.len())
+                        }
+                        other => Raw::Owned(other.to_vec()),
+                    });
                 }
                 Err(message) => refused.push(Refusal {
-                    raw: r.raw,
+                    raw: r.raw.into_owned(),
                     reason: "unreadable_record".into(),
                     message,
                 }),
             }
         }
+        Ok(Prepared {
+            key: key.to_string(),
+            columns: columns.to_vec(),
+            copy,
+            body,
+            raws,
+            refused,
+        })
+    }
+
+    /// Loads one staged object (see the module notes).
+    pub async fn load(
+        &self,
+        conn: &mut Option<Loader>,
+        key: &str,
+        arrival_ms: i64,
+    ) -> Result<Loaded, Failure> {
+        let columns = self
+            .connect(conn)
+            .await
+            .map_err(Failure::Retry)?
+            .columns()
+            .to_vec();
+        let p = self.prepare(key, &columns).await?;
+        self.commit(conn, p, arrival_ms).await
+    }
+
+    /// Loads a prepared object in one transaction with its ledger row.
+    pub async fn commit(
+        &self,
+        conn: &mut Option<Loader>,
+        p: Prepared,
+        arrival_ms: i64,
+    ) -> Result<Loaded, Failure> {
+        let w = self.warehouse();
+        let bucket = &self.spec.bucket;
+        let columns = self
+            .connect(conn)
+            .await
+            .map_err(Failure::Retry)?
+            .columns()
+            .to_vec();
+        // Read for other columns (the table changed, and the connection
+        // with it): read it again.
+        let p = if p.columns == columns {
+            p
+        } else {
+            self.prepare(&p.key, &columns).await?
+        };
+        let key = p.key.as_str();
+        let loader = self.connect(conn).await.map_err(Failure::Retry)?;
+        let mut refused = p.refused;
         let max = w.copy.max_error;
         if refused.len() as u64 > max {
             return Err(Failure::Refused(refused));
@@ -194,7 +270,10 @@ impl Loading {
             rejected
                 .iter()
                 .map(|r| Refusal {
-                    raw: raws[r.row].clone(),
+                    raw: match &p.raws[r.row] {
+                        Raw::At(a, b) => p.body[*a..*b].to_vec(),
+                        Raw::Owned(v) => v.clone(),
+                    },
                     reason: condition(&r.code),
                     message: r.message.clone(),
                 })
@@ -206,7 +285,7 @@ impl Loading {
             .load(
                 &self.spec.name,
                 key,
-                &rows,
+                &p.copy,
                 refused.len() as u64,
                 max,
                 |rejected| {
@@ -347,6 +426,8 @@ impl Task {
     fn run(&self, rt: &tokio::runtime::Handle, mut stop: watch::Receiver<bool>) {
         let mut added = self.queue.watch();
         let mut conn: Option<Loader> = None;
+        type Ahead = std::thread::JoinHandle<Result<Prepared, Failure>>;
+        let mut ahead: Option<(String, Ahead)> = None;
         // A missing table or an unreachable warehouse shows at once, not
         // only when the first object is due.
         if let Err(e) = rt.block_on(self.loading.connect(&mut conn)) {
@@ -366,7 +447,28 @@ impl Task {
                 });
                 continue;
             };
-            if !self.deliver(rt, &mut conn, &s, &mut stop) {
+            // The object read ahead, if it is this one.
+            let ready = match ahead.take() {
+                Some((key, h)) => {
+                    let p = h.join().ok();
+                    p.filter(|_| key == s.key)
+                }
+                None => None,
+            };
+            // Read the next object while this one loads: PostgreSQL and
+            // hydrant then work at once.
+            if let (Some(next), Some(c)) = (self.queue.after(&s), conn.as_ref()) {
+                let (loading, columns, rt2) =
+                    (self.loading.clone(), c.columns().to_vec(), rt.clone());
+                let key = next.key.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("read-{}", self.loading.spec.name))
+                    .spawn(move || rt2.block_on(loading.prepare(&key, &columns)));
+                if let Ok(h) = spawned {
+                    ahead = Some((next.key, h));
+                }
+            }
+            if !self.deliver(rt, &mut conn, &s, ready, &mut stop) {
                 return;
             }
             let mut backoff = Duration::from_millis(100);
@@ -386,6 +488,7 @@ impl Task {
         rt: &tokio::runtime::Handle,
         conn: &mut Option<Loader>,
         s: &Staged,
+        mut ready: Option<Result<Prepared, Failure>>,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let name = &self.loading.spec.name;
@@ -393,7 +496,12 @@ impl Task {
         let mut first_failure: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
         let refused = loop {
-            match rt.block_on(self.loading.load(conn, &s.key, s.oldest_ms)) {
+            let attempt = match ready.take() {
+                Some(Ok(p)) => rt.block_on(self.loading.commit(conn, p, s.oldest_ms)),
+                // Read ahead and failed, or not read ahead: read it now.
+                _ => rt.block_on(self.loading.load(conn, &s.key, s.oldest_ms)),
+            };
+            match attempt {
                 Ok(l) => {
                     let st = &self.stats;
                     if !l.already {
