@@ -26,6 +26,7 @@ function postgresOr(t) {
 test('the warehouse card shows rows loaded and rows refused by reason', { timeout: 60_000 }, async (t) => {
   if (!postgresOr(t)) return;
   const table = `dash_${Date.now().toString(36)}`;
+  const started = psql('SELECT now()');
   psql(`CREATE TABLE ${table} (id int NOT NULL, source varchar(8))`);
   const dir = await mkdtemp(join(tmpdir(), 'hydrant-wh-dash-'));
   const config = join(dir, 'hydrant.yaml');
@@ -41,6 +42,7 @@ test('the warehouse card shows rows loaded and rows refused by reason', { timeou
         S3Configuration: {
           RoleARN: 'arn:aws:iam::123456789012:role/r',
           BucketARN: 'arn:aws:s3:::staging',
+          Prefix: 'dash-',
           BufferingHints: { SizeInMBs: 1, IntervalInSeconds: 1 },
         },
         ProcessingConfiguration: { Enabled: true, Processors: [{ Type: 'AppendDelimiterToRecord' }] },
@@ -77,6 +79,10 @@ test('the warehouse card shows rows loaded and rows refused by reason', { timeou
     await browser?.close();
     proc.kill('SIGKILL');
     psql(`DROP TABLE IF EXISTS ${table}`);
+    // Its ledger rows too: the shared server is left as it was.
+    try {
+      psql(`DELETE FROM hydrant.loads WHERE stream = 'orders' AND object LIKE 'dash-%' AND loaded_at >= '${started}'`);
+    } catch { /* no ledger yet: nothing was loaded */ }
     await rm(dir, { recursive: true, force: true });
   }
 });
