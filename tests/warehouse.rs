@@ -171,6 +171,10 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
         .batch_execute(&format!("DROP TABLE {name}"))
         .await
         .unwrap();
+    admin
+        .execute("DELETE FROM hydrant.loads WHERE stream = $1", &[&name])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
