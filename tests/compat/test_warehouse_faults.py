@@ -303,3 +303,54 @@ def test_an_object_queued_again_after_its_commit_loads_nothing(make_server):
         forget_loads(port, server)
     finally:
         psql(port, f"DROP TABLE IF EXISTS {table}")
+
+
+def test_the_retry_clock_survives_restarts(make_server, private_pg):
+    """RetryOptions counts from an object's first failure, across restarts:
+    a hydrant restarted during an outage must not start the count again."""
+    table = make_table(private_pg.port)
+    private_pg.stop()
+    server = make_server(config_text(private_pg.port, table, retry=3600))
+    put_ids(server.client(), list(range(100)))
+    queue = server.data_dir / "streams" / STREAM / "loads"
+
+    def failing_since():
+        entries = [json.loads(f.read_text()) for f in queue.glob("*.json")]
+        marks = [e.get("failing_since_ms") for e in entries]
+        return marks if marks and all(marks) else None
+
+    before = wait_for(failing_since, timeout=60, interval=0.1, what="the first failure recorded")
+    server.kill()
+    server.start()
+    wait_for(lambda: warehouse_status(server)["last_error"] is not None, timeout=60, what="loading failing again")
+    assert failing_since() == before, "a restart reset the retry clock"
+    private_pg.start()
+    wait_for(lambda: loaded_everything(server), timeout=120, interval=0.5, what="loaded after the outage")
+    assert sorted(int(n) for (n,) in psql(private_pg.port, f"SELECT n FROM {table}")) == list(range(100))
+    server.stop()
+
+
+def test_a_damaged_queue_entry_is_reported_not_fatal(make_server):
+    """An entry of the load queue that cannot be read (damage on disk) is
+    kept and named in the stream's status; hydrant and the other loads go on."""
+    port = shared_postgres()
+    table = make_table(port)
+    try:
+        server = make_server(config_text(port, table))
+        server.stop()
+        damaged = server.data_dir / "streams" / STREAM / "loads" / f"{10**12:020}.json"
+        damaged.write_bytes(b'{"key": "events/x", "fir')
+        server.start()
+        put_ids(server.client(), list(range(50)))
+        wait_for(lambda: int(psql(port, f"SELECT count(*) FROM {table}")[0][0]) == 50, timeout=60, what="the other loads")
+        error = warehouse_status(server)["last_error"]
+        assert error is None or str(damaged) in error["message"], error
+        assert damaged.exists(), "the damaged entry was removed"
+        server.stop()
+        server.start()
+        w = wait_for(lambda: warehouse_status(server)["last_error"], timeout=30, what="the damaged entry reported")
+        assert str(damaged) in w["message"], w
+        server.stop()
+        forget_loads(port, server)
+    finally:
+        psql(port, f"DROP TABLE IF EXISTS {table}")

@@ -117,6 +117,7 @@ impl Destination for Warehouse {
                 end: o.end,
                 records: o.records.ends.len() as u64,
                 oldest_ms: o.oldest_ms,
+                failing_since_ms: None,
             })?;
             self.stats.objects_staged.fetch_add(1, Relaxed);
         }

@@ -24,10 +24,17 @@ pub struct Staged {
     pub records: u64,
     /// Arrival time of its oldest record.
     pub oldest_ms: i64,
+    /// When loading it first failed (ms), kept across restarts so that
+    /// RetryOptions.DurationInSeconds counts from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<i64>,
 }
 
 pub struct Queue {
     dir: PathBuf,
+    /// Entries that could not be read (damage on disk): left in place for
+    /// an operator, and reported, rather than skipped in silence.
+    pub unreadable: Vec<String>,
     entries: Mutex<BTreeMap<u64, Staged>>,
     /// Bumped on every add, so the loading task wakes.
     added: watch::Sender<u64>,
@@ -35,10 +42,11 @@ pub struct Queue {
 
 impl Queue {
     /// Opens (creating) `dir` and reads the entries in it. An entry that
-    /// cannot be read is an error: skipping it would lose its records.
+    /// cannot be read is kept and listed in `unreadable`.
     pub fn open(dir: &Path) -> io::Result<Queue> {
         std::fs::create_dir_all(dir)?;
         let mut entries = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for e in std::fs::read_dir(dir)? {
             let path = e?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -46,16 +54,16 @@ impl Queue {
                 std::fs::remove_file(&path)?;
                 continue;
             }
-            let s: Staged = serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-            entries.insert(s.first, s);
+            match serde_json::from_slice::<Staged>(&std::fs::read(&path)?) {
+                Ok(s) => {
+                    entries.insert(s.first, s);
+                }
+                Err(e) => unreadable.push(format!("{}: {e}", path.display())),
+            }
         }
         Ok(Queue {
             dir: dir.to_path_buf(),
+            unreadable,
             entries: Mutex::new(entries),
             added: watch::channel(0).0,
         })
@@ -66,15 +74,30 @@ impl Queue {
     }
 
     pub fn add(&self, s: Staged) -> io::Result<()> {
-        let path = self.path(s.first);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&s)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        crate::log::sync_dir(&self.dir)?;
+        self.write(&s)?;
         self.entries.lock().unwrap().insert(s.first, s);
         self.added.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Records, durably, when loading `s` first failed.
+    pub fn failing_since(&self, s: &Staged, ms: i64) -> io::Result<Staged> {
+        let s = Staged {
+            failing_since_ms: Some(ms),
+            ..s.clone()
+        };
+        self.write(&s)?;
+        self.entries.lock().unwrap().insert(s.first, s.clone());
+        Ok(s)
+    }
+
+    fn write(&self, s: &Staged) -> io::Result<()> {
+        let path = self.path(s.first);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(s)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        crate::log::sync_dir(&self.dir)
     }
 
     /// The oldest entry.

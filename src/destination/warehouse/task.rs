@@ -7,8 +7,8 @@
 //!   go to the error output.
 //! - While the warehouse is unreachable, or the table or a column is
 //!   missing, the object is retried with backoff for
-//!   `RetryOptions.DurationInSeconds` (counted from its first failure in
-//!   this run of hydrant); then its manifest goes to the error output and
+//!   `RetryOptions.DurationInSeconds`, counted from its first failure
+//!   (recorded in its queue entry, so restarts do not reset it); then its manifest goes to the error output and
 //!   loading moves on. `hydrant backfill` loads such manifests later.
 //!
 //! Error documents have Firehose's shape (`route::error_document`), with
@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::watch;
@@ -434,6 +434,14 @@ impl Task {
             tracing::warn!(stream = %self.loading.spec.name, error = %e, "the warehouse cannot be loaded yet");
             self.report(e);
         }
+        if !self.queue.unreadable.is_empty() {
+            let m = format!(
+                "staged objects whose queue entries cannot be read are not loaded (fix or remove the files, then restart): {}",
+                self.queue.unreadable.join("; ")
+            );
+            tracing::error!(stream = %self.loading.spec.name, "{m}");
+            self.report(m);
+        }
         loop {
             if *stop.borrow_and_update() {
                 return;
@@ -472,6 +480,11 @@ impl Task {
                 return;
             }
             let mut backoff = Duration::from_millis(100);
+            let s = self
+                .queue
+                .first()
+                .filter(|q| q.first == s.first)
+                .unwrap_or(s);
             while let Err(e) = self.queue.remove(&s) {
                 self.report(format!("removing a loaded object from the queue: {e}"));
                 if !sleep(rt, &mut stop, &mut backoff) {
@@ -493,7 +506,7 @@ impl Task {
     ) -> bool {
         let name = &self.loading.spec.name;
         let retry = Duration::from_secs(self.loading.warehouse().retry_seconds as u64);
-        let mut first_failure: Option<Instant> = None;
+        let mut s = s.clone();
         let mut backoff = Duration::from_millis(100);
         let refused = loop {
             let attempt = match ready.take() {
@@ -523,11 +536,22 @@ impl Task {
                     break r;
                 }
                 Err(Failure::Retry(m)) => {
-                    let since = *first_failure.get_or_insert_with(Instant::now);
+                    let since = match s.failing_since_ms {
+                        Some(ms) => ms,
+                        None => {
+                            let now = now_ms();
+                            // If this cannot be written, the clock starts
+                            // again at the next start; loading goes on.
+                            if let Ok(marked) = self.queue.failing_since(&s, now) {
+                                s = marked;
+                            }
+                            now
+                        }
+                    };
                     self.report(m.clone());
                     tracing::warn!(stream = %name, key = %s.key, error = %m, retry_in = ?backoff,
                         "loading failed; retrying");
-                    if since.elapsed() >= retry {
+                    if now_ms() - since >= retry.as_millis() as i64 {
                         tracing::error!(stream = %name, key = %s.key, error = %m,
                             "RetryOptions.DurationInSeconds is over: the object's manifest goes to the error output");
                         break Vec::new();
