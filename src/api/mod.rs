@@ -100,6 +100,12 @@ fn problems(app: &App) -> (bool, String) {
             };
             text += &format!("stream {}: {state}: {}\n", s.spec.name, p.message);
         }
+        // The warehouse retries, or moves on past an object: named, never fatal.
+        if let Some((w, _)) = &s.warehouse {
+            if let Some((m, _)) = w.last_error.lock().unwrap().as_ref() {
+                text += &format!("stream {}: loading into the warehouse: {m}\n", s.spec.name);
+            }
+        }
     }
     (stopped, text)
 }

@@ -86,7 +86,11 @@ impl fmt::Display for LoadError {
 fn unavailable(e: tokio_postgres::Error) -> LoadError {
     LoadError::Unavailable(match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        // "error connecting to server" says little without its cause.
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     })
 }
 
@@ -210,9 +214,15 @@ impl Loader {
             .password(password)
             .application_name(&target.application_name)
             // Times hydrant converts (epochs, patterns) are UTC.
-            .options("-c TimeZone=UTC")
+            // Quiet: CREATE … IF NOT EXISTS would log a notice per connection.
+            .options("-c TimeZone=UTC -c client_min_messages=warning")
             .connect_timeout(target.connect_timeout);
-        let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+            let LoadError::Unavailable(m) = unavailable(e) else {
+                unreachable!()
+            };
+            LoadError::Unavailable(format!("{}:{}: {m}", target.host, target.port))
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "warehouse connection ended");

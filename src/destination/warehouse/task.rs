@@ -602,6 +602,30 @@ fn sleep(
     }) && !*stop.borrow()
 }
 
+/// The time in an object's name (`<stream>-1-YYYY-MM-DD-HH-MM-SS-<uuid>[ext]`), in ms.
+fn object_time(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?;
+    (0..name.len()).rev().find_map(|p| {
+        let time = name.get(p..p + 19)?;
+        let id = name.get(p + 20..p + 56)?;
+        uuid::Uuid::parse_str(id).ok()?;
+        chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d-%H-%M-%S")
+            .ok()
+            .map(|t| t.and_utc().timestamp_millis())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_time_in_an_object_name() {
+        let key = "orders/2026/11/28/13/my.stream-1-2026-11-28-13-05-09-1855d0cc-59ea-55d1-924c-b42d6dd62f04.gz";
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-28T13:05:09Z").unwrap();
+        assert_eq!(super::object_time(key), Some(at.timestamp_millis()));
+        assert_eq!(super::object_time("orders/not-an-object"), None);
+    }
+}
+
 /// Refused rows counted by reason, for a summary.
 pub fn by_reason(refused: &[Refusal]) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
@@ -674,7 +698,10 @@ pub async fn backfill(
             }
         };
         for key in objects {
-            match loading.load(&mut conn, &key, now).await {
+            // The time in the object's name is its oldest record's arrival
+            // (to the second): the error output goes where loading put it.
+            let arrival = object_time(&key).unwrap_or(now);
+            match loading.load(&mut conn, &key, arrival).await {
                 Ok(l) if l.already => println!("{m}: {key}: already loaded, skipped"),
                 Ok(l) => println!(
                     "{m}: {key}: loaded {} rows{}",
@@ -696,6 +723,9 @@ pub async fn backfill(
             }
         }
     }
-    anyhow::ensure!(failed == 0, "{failed} manifests or objects could not be loaded (see above); run backfill again once fixed");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of the manifests' objects could not be loaded (see above); run backfill again once fixed"
+    );
     Ok(())
 }
