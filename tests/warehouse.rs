@@ -237,6 +237,10 @@ async fn bad_rows_fail_alone_until_maxerror() {
         .batch_execute(&format!("DROP TABLE {name}"))
         .await
         .unwrap();
+    admin
+        .execute("DELETE FROM hydrant.loads WHERE stream = $1", &[&name])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
