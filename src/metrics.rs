@@ -19,207 +19,176 @@ fn label(v: &str) -> String {
 pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
     let mut out = String::new();
     let now = chrono::Utc::now().timestamp_millis();
-    type Get = fn(&Stream, i64) -> f64;
-    let series: [(&str, &str, &str, Get); 12] = [
+    // A stream without the thing a series measures has no sample in it.
+    type Get = fn(&Stream, i64) -> Option<f64>;
+    let series: [(&str, &str, &str, Get); 18] = [
         (
             "hydrant_records_in_total",
             "counter",
             "Records acknowledged (durable in the log).",
-            |s, _| s.intake.records.load(Relaxed) as f64,
+            |s, _| Some(s.intake.records.load(Relaxed) as f64),
         ),
         (
             "hydrant_bytes_in_total",
             "counter",
             "Record bytes acknowledged.",
-            |s, _| s.intake.bytes.load(Relaxed) as f64,
+            |s, _| Some(s.intake.bytes.load(Relaxed) as f64),
         ),
         (
             "hydrant_records_rejected_total",
             "counter",
             "Records refused at the front door because they exceed 1,000 KiB.",
-            |s, _| s.intake.rejected.load(Relaxed) as f64,
+            |s, _| Some(s.intake.rejected.load(Relaxed) as f64),
         ),
         (
             "hydrant_objects_delivered_total",
             "counter",
             "Objects written to the lake.",
-            |s, _| s.delivery.objects.load(Relaxed) as f64,
+            |s, _| Some(s.delivery.objects.load(Relaxed) as f64),
         ),
         (
             "hydrant_records_delivered_total",
             "counter",
             "Records written to the lake.",
-            |s, _| s.delivery.records.load(Relaxed) as f64,
+            |s, _| Some(s.delivery.records.load(Relaxed) as f64),
         ),
         (
             "hydrant_bytes_delivered_total",
             "counter",
             "Object bytes written to the lake (after compression).",
-            |s, _| s.delivery.bytes.load(Relaxed) as f64,
+            |s, _| Some(s.delivery.bytes.load(Relaxed) as f64),
         ),
         (
             "hydrant_delivery_failures_total",
             "counter",
             "Failed attempts to write an object (each is retried).",
-            |s, _| s.delivery.failures.load(Relaxed) as f64,
+            |s, _| Some(s.delivery.failures.load(Relaxed) as f64),
         ),
         (
             "hydrant_delivery_lag_records",
             "gauge",
             "Records acknowledged but not yet in the lake.",
-            |s, _| s.lag_records() as f64,
+            |s, _| Some(s.lag_records() as f64),
         ),
         (
             "hydrant_delivery_lag_seconds",
             "gauge",
             "Age of the oldest record not yet in the lake.",
-            |s, now| s.lag_seconds(now),
+            |s, now| Some(s.lag_seconds(now)),
         ),
         (
             "hydrant_log_bytes",
             "gauge",
             "Bytes of write-ahead log on disk.",
-            |s, _| s.log.bytes_on_disk() as f64,
+            |s, _| Some(s.log.bytes_on_disk() as f64),
         ),
         (
             "hydrant_log_records_lost",
             "gauge",
             "Acknowledged records that damage on disk destroyed, in the log as it is.",
-            |s, _| s.log.losses().iter().map(|l| l.records).sum::<u64>() as f64,
+            |s, _| Some(s.log.losses().iter().map(|l| l.records).sum::<u64>() as f64),
         ),
         (
             "hydrant_delivery_stopped",
             "gauge",
             "1 while the stream's delivery has stopped on an error (see /-/healthy).",
-            |s, _| s.delivery.problem().is_some_and(|p| p.stopped) as u8 as f64,
+            |s, _| Some(s.delivery.problem().is_some_and(|p| p.stopped) as u8 as f64),
         ),
-    ];
-    for (name, kind, help, get) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for s in streams {
-            let _ = writeln!(
-                out,
-                "{name}{{stream=\"{}\"}} {}",
-                label(&s.spec.name),
-                get(s, now)
-            );
-        }
-    }
-    let name = "hydrant_records_failed_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Records sent to the error output, by error code.\n# TYPE {name} counter"
-    );
-    for s in streams {
-        for (code, n) in s.delivery.errors.lock().unwrap().iter() {
-            let _ = writeln!(
-                out,
-                "{name}{{stream=\"{}\",reason=\"{}\"}} {n}",
-                label(&s.spec.name),
-                label(code)
-            );
-        }
-    }
-    let warehouses: Vec<_> = streams
-        .iter()
-        .filter_map(|s| Some((s, s.warehouse.as_ref()?)))
-        .collect();
-    type GetW = fn(&crate::destination::warehouse::WarehouseStats) -> u64;
-    let wseries: [(&str, &str, &str, GetW); 4] = [
         (
             "hydrant_warehouse_objects_staged_total",
             "counter",
             "Objects staged for loading into the warehouse.",
-            |w| w.objects_staged.load(Relaxed),
+            |s, _| Some(s.warehouse.as_ref()?.0.objects_staged.load(Relaxed) as f64),
         ),
         (
             "hydrant_warehouse_objects_loaded_total",
             "counter",
             "Staged objects loaded into the warehouse table.",
-            |w| w.objects_loaded.load(Relaxed),
+            |s, _| Some(s.warehouse.as_ref()?.0.objects_loaded.load(Relaxed) as f64),
         ),
         (
             "hydrant_warehouse_rows_loaded_total",
             "counter",
             "Rows committed into the warehouse table.",
-            |w| w.rows_loaded.load(Relaxed),
+            |s, _| Some(s.warehouse.as_ref()?.0.rows_loaded.load(Relaxed) as f64),
         ),
         (
             "hydrant_warehouse_manifests_failed_total",
             "counter",
             "Objects not loaded whose manifest went to the error output.",
-            |w| w.manifests_failed.load(Relaxed),
+            |s, _| Some(s.warehouse.as_ref()?.0.manifests_failed.load(Relaxed) as f64),
         ),
-    ];
-    for (name, kind, help, get) in wseries {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (s, (w, _)) in &warehouses {
-            let _ = writeln!(
-                out,
-                "{name}{{stream=\"{}\"}} {}",
-                label(&s.spec.name),
-                get(w)
-            );
-        }
-    }
-    let name = "hydrant_warehouse_rows_rejected_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Rows the warehouse refused (sent to the error output), by reason.\n# TYPE {name} counter"
-    );
-    for (s, (w, _)) in &warehouses {
-        for (reason, n) in w.rejected.lock().unwrap().iter() {
-            let _ = writeln!(
-                out,
-                "{name}{{stream=\"{}\",reason=\"{}\"}} {n}",
-                label(&s.spec.name),
-                label(reason)
-            );
-        }
-    }
-    for (name, help, pick) in [
         (
             "hydrant_warehouse_lag_records",
+            "gauge",
             "Records acknowledged but not yet committed in the warehouse table.",
-            0,
+            |s, now| s.load_lag(now).map(|(records, _)| records as f64),
         ),
         (
             "hydrant_warehouse_lag_seconds",
+            "gauge",
             "Age of the oldest record not yet committed in the warehouse table.",
-            1,
+            |s, now| s.load_lag(now).map(|(_, seconds)| seconds),
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (s, _) in &warehouses {
-            if let Some((records, seconds)) = s.load_lag(now) {
-                let v = if pick == 0 { records as f64 } else { seconds };
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in streams {
+            if let Some(v) = get(s, now) {
                 let _ = writeln!(out, "{name}{{stream=\"{}\"}} {v}", label(&s.spec.name));
             }
         }
     }
-    let name = "hydrant_warehouse_load_lag_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Per object loaded: from its oldest record's acknowledgement to its commit.\n# TYPE {name} histogram"
-    );
-    for (s, (w, _)) in &warehouses {
-        w.load_lag.render(
-            &mut out,
-            name,
-            &format!("stream=\"{}\"", label(&s.spec.name)),
-        );
+    type ByReason = fn(&Stream) -> Option<std::collections::BTreeMap<String, u64>>;
+    let by_reason: [(&str, &str, ByReason); 2] = [
+        (
+            "hydrant_records_failed_total",
+            "Records sent to the error output, by error code.",
+            |s| Some(s.delivery.errors.lock().unwrap().clone()),
+        ),
+        (
+            "hydrant_warehouse_rows_rejected_total",
+            "Rows the warehouse refused (sent to the error output), by reason.",
+            |s| Some(s.warehouse.as_ref()?.0.rejected.lock().unwrap().clone()),
+        ),
+    ];
+    for (name, help, get) in by_reason {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in streams {
+            for (reason, n) in get(s).unwrap_or_default() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{stream=\"{}\",reason=\"{}\"}} {n}",
+                    label(&s.spec.name),
+                    label(&reason)
+                );
+            }
+        }
     }
-    let name = "hydrant_log_fsync_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time one group commit's fdatasync took.\n# TYPE {name} histogram"
-    );
-    for s in streams {
-        s.log.fsync_histogram().render(
-            &mut out,
-            name,
-            &format!("stream=\"{}\"", label(&s.spec.name)),
-        );
+    type Hist = fn(&Stream) -> Option<&Histogram>;
+    let histograms: [(&str, &str, Hist); 2] = [
+        (
+            "hydrant_log_fsync_seconds",
+            "Time one group commit's fdatasync took.",
+            |s| Some(s.log.fsync_histogram()),
+        ),
+        (
+            "hydrant_warehouse_load_lag_seconds",
+            "Per object loaded: from its oldest record's acknowledgement to its commit.",
+            |s| Some(&s.warehouse.as_ref()?.0.load_lag),
+        ),
+    ];
+    for (name, help, get) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for s in streams {
+            if let Some(h) = get(s) {
+                h.render(
+                    &mut out,
+                    name,
+                    &format!("stream=\"{}\"", label(&s.spec.name)),
+                );
+            }
+        }
     }
     out.push_str(extra);
     out

@@ -84,6 +84,18 @@ async fn loader(name: &str) -> Loader {
     connect(name, None).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Drops a test's table and its rows in the ledger.
+async fn drop_table(admin: &tokio_postgres::Client, name: &str) {
+    admin
+        .batch_execute(&format!("DROP TABLE {name}"))
+        .await
+        .unwrap();
+    admin
+        .execute("DELETE FROM hydrant.loads WHERE stream = $1", &[&name])
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_object_loads_once_however_often_it_is_loaded() {
     let Some(admin) = admin().await else { return };
@@ -167,14 +179,7 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
         .unwrap()
         .get(0);
     assert_eq!(got, "a\tb\\c");
-    admin
-        .batch_execute(&format!("DROP TABLE {name}"))
-        .await
-        .unwrap();
-    admin
-        .execute("DELETE FROM hydrant.loads WHERE stream = $1", &[&name])
-        .await
-        .unwrap();
+    drop_table(&admin, &name).await;
 }
 
 #[tokio::test]
@@ -233,14 +238,7 @@ async fn bad_rows_fail_alone_until_maxerror() {
         other => panic!("{other:?}"),
     }
     assert_eq!(ids(&admin, &name).await, [1, 6]);
-    admin
-        .batch_execute(&format!("DROP TABLE {name}"))
-        .await
-        .unwrap();
-    admin
-        .execute("DELETE FROM hydrant.loads WHERE stream = $1", &[&name])
-        .await
-        .unwrap();
+    drop_table(&admin, &name).await;
 }
 
 #[tokio::test]
@@ -260,8 +258,5 @@ async fn a_missing_table_or_column_is_named() {
     let l = connect(&name, Some(&cols)).await.unwrap();
     let names: Vec<&str> = l.columns().iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["source", "id"]);
-    admin
-        .batch_execute(&format!("DROP TABLE {name}"))
-        .await
-        .unwrap();
+    drop_table(&admin, &name).await;
 }

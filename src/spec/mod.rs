@@ -59,6 +59,14 @@ impl SpecError {
     pub fn refused(m: impl Into<String>) -> Self {
         SpecError::Refused(m.into())
     }
+    /// The same kind of error, its message changed.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            SpecError::Malformed(m) => SpecError::Malformed(f(m)),
+            SpecError::Invalid(m) => SpecError::Invalid(f(m)),
+            SpecError::Refused(m) => SpecError::Refused(f(m)),
+        }
+    }
 }
 
 pub const MAX_SIZE_MB: u32 = 128;
@@ -681,19 +689,13 @@ pub fn parse(request: &Value, declared: &Declared) -> Result<StreamSpec, SpecErr
                     "DeliveryStreamName": name,
                     "S3DestinationConfiguration": b,
                 });
-                let s = parse(&probe, declared).map_err(|e| match e {
-                    SpecError::Malformed(m) => SpecError::Malformed(m.replace(
-                        "S3DestinationConfiguration",
-                        "RedshiftDestinationConfiguration.S3BackupConfiguration",
-                    )),
-                    SpecError::Invalid(m) => SpecError::Invalid(m.replace(
-                        "S3DestinationConfiguration",
-                        "RedshiftDestinationConfiguration.S3BackupConfiguration",
-                    )),
-                    SpecError::Refused(m) => SpecError::Refused(m.replace(
-                        "S3DestinationConfiguration",
-                        "RedshiftDestinationConfiguration.S3BackupConfiguration",
-                    )),
+                let s = parse(&probe, declared).map_err(|e| {
+                    e.map_message(|m| {
+                        m.replace(
+                            "S3DestinationConfiguration",
+                            "RedshiftDestinationConfiguration.S3BackupConfiguration",
+                        )
+                    })
                 })?;
                 Ok((s.bucket, s.prefix, s.compression))
             };

@@ -297,6 +297,25 @@ def snapshot(server):
     return {str(p.relative_to(server.lake)): p.read_bytes() for p in server.lake.rglob("*") if p.is_file()}
 
 
+def check_exactly_once(counts, producers, server, where):
+    """`counts` (records by id, as found in `where`) holds every
+    acknowledged record once, nothing twice, and nothing no producer sent."""
+    sent = set().union(*(p.sent for p in producers))
+    phantom = [i for i in counts if i not in sent]
+    assert not phantom, f"records in {where} that no producer sent: {phantom[:10]}"
+    dups = {i: c for i, c in counts.items() if c > 1}
+    assert not dups, (
+        f"{len(dups)} ids appear more than once in {where}, e.g. {sorted(dups.items())[:10]}\n{server.log()[-3000:]}"
+    )
+    acked = [i for p in producers for i in p.acked]
+    assert len(acked) == len(set(acked))
+    missing = [i for i in acked if counts[i] != 1]
+    assert not missing, (
+        f"{len(missing)} of {len(acked)} acknowledged records are not in {where}, "
+        f"e.g. {missing[:10]}\n{server.log()[-3000:]}"
+    )
+
+
 def collect(server, producers):
     """Reads the lake; checks exactly-once and acknowledgement order. Returns
     (objects as (key, records, uncompressed size), counts by id)."""
@@ -310,18 +329,7 @@ def collect(server, producers):
         objects.append((key, check_object_body(key, body), len(body)))
     counts = Counter((r["p"], r["n"], r["t"]) for _, recs, _ in objects for r in recs)
 
-    sent = set().union(*(p.sent for p in producers))
-    phantom = [i for i in counts if i not in sent]
-    assert not phantom, f"records in the lake that no producer sent: {phantom[:10]}"
-    dups = {i: c for i, c in counts.items() if c > 1}
-    assert not dups, f"{len(dups)} ids appear more than once in the lake, e.g. {sorted(dups.items())[:10]}"
-    acked = [i for p in producers for i in p.acked]
-    assert len(acked) == len(set(acked))
-    missing = [i for i in acked if counts[i] != 1]
-    assert not missing, (
-        f"{len(missing)} of {len(acked)} acknowledged records are not in the lake, "
-        f"e.g. {missing[:10]}\n{server.log()[-3000:]}"
-    )
+    check_exactly_once(counts, producers, server, "the lake")
     check_ack_order(objects, producers)
     return objects, counts
 

@@ -24,7 +24,7 @@ import pytest
 
 import pg
 from conftest import free_port, hydrant_bin, wait_for
-from test_crash import ACKED_PER_KILL, BUCKET, KILLS, PRODUCERS, STREAM, Producer, chaos
+from test_crash import ACKED_PER_KILL, BUCKET, KILLS, PRODUCERS, STREAM, Producer, chaos, check_exactly_once
 
 ROLE = "arn:aws:iam::123456789012:role/firehose"
 PSQL = shutil.which("psql")
@@ -151,17 +151,6 @@ def table_counts(port, table):
     return Counter({(int(p), int(n), int(t)): int(c) for p, n, t, c in psql(port, f"SELECT p, n, t, count(*) FROM {table} GROUP BY 1, 2, 3")})
 
 
-def check_exactly_once(counts, producers, server):
-    sent = set().union(*(p.sent for p in producers))
-    phantom = [i for i in counts if i not in sent]
-    assert not phantom, f"rows no producer sent: {phantom[:10]}"
-    dups = {i: c for i, c in counts.items() if c > 1}
-    assert not dups, f"{len(dups)} ids are in the table more than once, e.g. {sorted(dups.items())[:10]}\n{server.log()[-3000:]}"
-    acked = [i for p in producers for i in p.acked]
-    lost = [i for i in acked if counts[i] != 1]
-    assert not lost, f"{len(lost)} of {len(acked)} acknowledged records are not in the table, e.g. {lost[:10]}\n{server.log()[-3000:]}"
-
-
 def test_sigkill_during_loads_leaves_every_acknowledged_record_once(make_server):
     port = shared_postgres()
     table = make_table(port)
@@ -175,7 +164,7 @@ def test_sigkill_during_loads_leaves_every_acknowledged_record_once(make_server)
         server.start()
         wait_for(lambda: loaded_everything(server), timeout=180, interval=0.5, what="every staged object loaded")
         counts = table_counts(port, table)
-        check_exactly_once(counts, producers, server)
+        check_exactly_once(counts, producers, server, "the table")
         # The ledger holds each staged object once, with the rows it loaded.
         staged = [k for k in server.keys(BUCKET) if k.startswith("events/")]
         keys = ",".join("'" + k + "'" for k in staged)

@@ -220,6 +220,12 @@ impl Loading {
         })
     }
 
+    /// The columns loaded into, connecting if need be.
+    async fn columns(&self, conn: &mut Option<Loader>) -> Result<Vec<Column>, Failure> {
+        let loader = self.connect(conn).await.map_err(Failure::Retry)?;
+        Ok(loader.columns().to_vec())
+    }
+
     /// Loads one staged object (see the module notes).
     pub async fn load(
         &self,
@@ -227,12 +233,7 @@ impl Loading {
         key: &str,
         arrival_ms: i64,
     ) -> Result<Loaded, Failure> {
-        let columns = self
-            .connect(conn)
-            .await
-            .map_err(Failure::Retry)?
-            .columns()
-            .to_vec();
+        let columns = self.columns(conn).await?;
         let p = self.prepare(key, &columns).await?;
         self.commit(conn, p, arrival_ms).await
     }
@@ -246,12 +247,7 @@ impl Loading {
     ) -> Result<Loaded, Failure> {
         let w = self.warehouse();
         let bucket = &self.spec.bucket;
-        let columns = self
-            .connect(conn)
-            .await
-            .map_err(Failure::Retry)?
-            .columns()
-            .to_vec();
+        let columns = self.columns(conn).await?;
         // Read for other columns (the table changed, and the connection
         // with it): read it again.
         let p = if p.columns == columns {
@@ -419,6 +415,13 @@ impl Task {
             })
     }
 
+    fn count_refused(&self, refused: &[Refusal]) {
+        let mut counts = self.stats.rejected.lock().unwrap();
+        for (reason, n) in by_reason(refused) {
+            *counts.entry(reason).or_default() += n;
+        }
+    }
+
     fn report(&self, message: String) {
         *self.stats.last_error.lock().unwrap() = Some((message, now_ms()));
     }
@@ -520,10 +523,7 @@ impl Task {
                     if !l.already {
                         st.objects_loaded.fetch_add(1, Relaxed);
                         st.rows_loaded.fetch_add(l.rows, Relaxed);
-                        let mut by = st.rejected.lock().unwrap();
-                        for r in &l.refused {
-                            *by.entry(r.reason.clone()).or_default() += 1;
-                        }
+                        self.count_refused(&l.refused);
                     }
                     st.load_lag
                         .observe(Duration::from_millis((now_ms() - s.oldest_ms).max(0) as u64));
@@ -568,10 +568,7 @@ impl Task {
                 Ok(manifest) => {
                     let st = &self.stats;
                     st.manifests_failed.fetch_add(1, Relaxed);
-                    let mut by = st.rejected.lock().unwrap();
-                    for r in &refused {
-                        *by.entry(r.reason.clone()).or_default() += 1;
-                    }
+                    self.count_refused(&refused);
                     tracing::warn!(stream = %name, key = %s.key, %manifest, "not loaded; manifest in the error output");
                     return true;
                 }
