@@ -33,5 +33,6 @@ pub mod log;
 pub mod metrics;
 pub mod query;
 pub mod server;
+pub mod source;
 pub mod spec;
 pub mod stream;

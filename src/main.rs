@@ -141,7 +141,15 @@ enum Command {
         /// (default here 50000) for --duration-seconds.
         #[arg(long)]
         warehouse: Option<String>,
-        /// Rows per run for --warehouse.
+        /// Instead: measure change data capture from a MariaDB the bench
+        /// starts itself (mariadb-install-db and mariadbd must be
+        /// installed): the snapshot of --rows rows beside a plain SELECT *,
+        /// then the lag from source commit to a mirror table in this
+        /// PostgreSQL (jdbc:postgresql://host:port/db) at --rate (default
+        /// here 5000) changes/s for --duration-seconds.
+        #[arg(long)]
+        cdc: Option<String>,
+        /// Rows per run for --warehouse and --cdc.
         #[arg(long, default_value_t = 500_000)]
         rows: usize,
     },
@@ -294,8 +302,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             parquet,
             freshness,
             warehouse,
+            cdc,
             rows,
         } => {
+            if let Some(url) = cdc {
+                return hydrant::bench::cdc::run(hydrant::bench::cdc::Options {
+                    url,
+                    runs,
+                    rows,
+                    rate: if rate == 0 { 5_000 } else { rate },
+                    duration: Duration::from_secs(duration_seconds),
+                })
+                .await;
+            }
             if let Some(url) = warehouse {
                 return hydrant::bench::warehouse::run(hydrant::bench::warehouse::Options {
                     url,

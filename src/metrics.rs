@@ -21,7 +21,7 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
     let now = chrono::Utc::now().timestamp_millis();
     // A stream without the thing a series measures has no sample in it.
     type Get = fn(&Stream, i64) -> Option<f64>;
-    let series: [(&str, &str, &str, Get); 18] = [
+    let series: [(&str, &str, &str, Get); 23] = [
         (
             "hydrant_records_in_total",
             "counter",
@@ -130,6 +130,36 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
             "Age of the oldest record not yet committed in the warehouse table.",
             |s, now| s.load_lag(now).map(|(_, seconds)| seconds),
         ),
+        (
+            "hydrant_source_changes_total",
+            "counter",
+            "Row changes read from the source database's log and appended.",
+            |s, _| Some(s.source.as_ref()?.changes.load(Relaxed) as f64),
+        ),
+        (
+            "hydrant_source_snapshot_rows_total",
+            "counter",
+            "Rows read by the snapshot and appended.",
+            |s, _| Some(s.source.as_ref()?.snapshot_rows.load(Relaxed) as f64),
+        ),
+        (
+            "hydrant_source_lag_seconds",
+            "gauge",
+            "Replication lag: how far behind the source's commit time the last change appended was (0 when caught up).",
+            |s, _| Some(s.source.as_ref()?.behind_ms.load(Relaxed) as f64 / 1000.0),
+        ),
+        (
+            "hydrant_source_reconnects_total",
+            "counter",
+            "Times change capture lost its source and started again.",
+            |s, _| Some(s.source.as_ref()?.reconnects.load(Relaxed) as f64),
+        ),
+        (
+            "hydrant_source_failed",
+            "gauge",
+            "1 while change capture has stopped for good (see Describe's FailureDescription).",
+            |s, _| Some(s.source.as_ref()?.failed.lock().unwrap().is_some() as u8 as f64),
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -161,6 +191,48 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
                     "{name}{{stream=\"{}\",reason=\"{}\"}} {n}",
                     label(&s.spec.name),
                     label(&reason)
+                );
+            }
+        }
+    }
+    type PerTable = fn(&crate::source::TableStats) -> f64;
+    let per_table: [(&str, &str, &str, PerTable); 4] = [
+        (
+            "hydrant_source_table_changes_total",
+            "counter",
+            "Row changes appended, by source table.",
+            |t| t.changes as f64,
+        ),
+        (
+            "hydrant_source_table_snapshot_rows_total",
+            "counter",
+            "Rows the snapshot appended, by source table.",
+            |t| t.snapshot_rows as f64,
+        ),
+        (
+            "hydrant_source_table_snapshot_estimated_rows",
+            "gauge",
+            "The table's row count when its snapshot started (the server's estimate), for progress.",
+            |t| t.estimated_rows as f64,
+        ),
+        (
+            "hydrant_source_table_snapshot_complete",
+            "gauge",
+            "1 once the table's snapshot is complete.",
+            |t| (t.snapshot == crate::source::SnapshotStatus::Complete) as u8 as f64,
+        ),
+    ];
+    for (name, kind, help, get) in per_table {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in streams {
+            let Some(src) = &s.source else { continue };
+            for (table, t) in src.tables.lock().unwrap().iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{stream=\"{}\",table=\"{}\"}} {}",
+                    label(&s.spec.name),
+                    label(table),
+                    get(t)
                 );
             }
         }

@@ -74,6 +74,10 @@ pub struct Stream {
     pub delivery: Arc<DeliveryStats>,
     /// For a warehouse destination: its loads, and the staged objects waiting.
     pub warehouse: Option<(Arc<WarehouseStats>, Arc<Queue>)>,
+    /// DatabaseAsSource: what the change capture reports.
+    pub source: Option<Arc<crate::source::SourceStats>>,
+    /// The change capture task, stopped first when the stream closes.
+    capture: std::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     /// The loading task, stopped after delivery when the stream closes.
     loader: std::sync::Mutex<Option<(watch::Sender<bool>, std::thread::JoinHandle<()>)>>,
     dir: PathBuf,
@@ -156,6 +160,21 @@ pub enum PutError {
     Full { used: u64, max: u64 },
     /// The log cannot take records right now; why.
     Unavailable(String),
+}
+
+impl std::fmt::Display for PutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutError::Closed => f.write_str("the stream is closing"),
+            PutError::Full { used, max } => {
+                write!(
+                    f,
+                    "the log is full ({used} of {max} bytes): delivery is behind"
+                )
+            }
+            PutError::Unavailable(m) => f.write_str(m),
+        }
+    }
 }
 
 impl From<LogError> for PutError {
@@ -241,6 +260,13 @@ impl Stream {
     /// the log, and stops the delivery task. Err says why not everything
     /// could be delivered (it stays in the log for the next start).
     pub async fn close(&self) -> Result<(), String> {
+        // The source first: what it has appended is delivered below, and
+        // it resumes after it at the next start.
+        let capture = self.capture.lock().unwrap().take();
+        if let Some((stop, task)) = capture {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         *self.gate.write().await = false;
         let _ = self.stop.send(true);
         let finished = self.finished.lock().unwrap().take();
@@ -437,6 +463,7 @@ impl Registry {
                     loading: Loading {
                         spec: spec.clone(),
                         stores: self.store.clone(),
+                        dir: dir.clone(),
                     },
                     queue: queue.clone(),
                     stats: wstats.clone(),
@@ -463,6 +490,7 @@ impl Registry {
                 )
             }
         };
+        let spec_source = spec.source.clone();
         let d = Delivery {
             spec: spec.clone(),
             incarnation: meta.incarnation,
@@ -483,6 +511,8 @@ impl Registry {
             intake: IntakeStats::default(),
             delivery: stats,
             warehouse,
+            source: spec_source.as_ref().map(|_| Default::default()),
+            capture: std::sync::Mutex::new(None),
             loader: std::sync::Mutex::new(loader),
             dir,
             gate: Arc::new(tokio::sync::RwLock::new(true)),
@@ -490,10 +520,21 @@ impl Registry {
             finished: std::sync::Mutex::new(Some(finished)),
             closed: std::sync::Mutex::new(None),
         };
+        let stream = Arc::new(stream);
+        if let (Some(db), Some(stats)) = (spec_source, stream.source.clone()) {
+            let (stop, stop_rx) = watch::channel(false);
+            let ctx = crate::source::Ctx {
+                stream: stream.clone(),
+                spec: db,
+                stats,
+            };
+            let task = crate::source::start(ctx, stop_rx);
+            *stream.capture.lock().unwrap() = Some((stop, task));
+        }
         self.streams
             .write()
             .unwrap()
-            .insert(stream.spec.name.clone(), Arc::new(stream));
+            .insert(stream.spec.name.clone(), stream);
         Ok(())
     }
 
@@ -514,6 +555,14 @@ impl Registry {
                 "Delivery stream {} already exists",
                 spec.name
             )));
+        }
+        if let Some(db) = &spec.source {
+            crate::source::check(db, &spec.name).await.map_err(|e| {
+                spec::SpecError::refused(format!(
+                    "DatabaseSourceConfiguration: the database at {}:{} cannot be captured: {e}",
+                    db.host, db.port
+                ))
+            })?;
         }
         let meta = Meta {
             request,

@@ -126,6 +126,19 @@ fn stream(
     })
 }
 
+/// Only a DirectPut stream takes records from producers; a source's
+/// stream takes them from its source alone.
+fn direct_put(stream: &crate::stream::Stream) -> Result<(), ApiError> {
+    match stream.spec.source {
+        None => Ok(()),
+        Some(_) => Err(ApiError::invalid_argument(format!(
+            "Delivery stream {} is of type DatabaseAsSource: its records come from its database, \
+             and it does not take PutRecord or PutRecordBatch",
+            stream.spec.name
+        ))),
+    }
+}
+
 fn put_error(stream: &str, e: PutError) -> ApiError {
     match e {
         PutError::Closed => ApiError::unavailable(format!(
@@ -151,6 +164,7 @@ fn too_big(size: usize) -> String {
 async fn put_record(app: &App, caller: &Caller<'_>, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let req: PutRecordIn = parse(body)?;
     let stream = stream(app, caller, "PutRecord", req.name)?;
+    direct_put(&stream)?;
     let record = required(req.record, "Record")?;
     let mut frames = Batch::default();
     let size = frame(&mut frames, now_ms(), Field::Record, &record)?;
@@ -182,6 +196,7 @@ async fn put_record_batch(
 ) -> Result<Vec<u8>, ApiError> {
     let req: PutRecordBatchIn = parse(body)?;
     let stream = stream(app, caller, "PutRecordBatch", req.name)?;
+    direct_put(&stream)?;
     let records = required(req.records, "Records")?;
     if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
         return Err(ApiError::validation(format!(
@@ -368,6 +383,16 @@ fn describe(
         .warehouse
         .as_ref()
         .and_then(|(w, _)| w.last_error.lock().unwrap().clone());
+    let capture = stream.source.as_ref().and_then(|src| {
+        let failed = src.failed.lock().unwrap().clone();
+        let retrying = src.last_error.lock().unwrap().clone();
+        match (failed, retrying) {
+            (Some(f), _) => Some(format!("change capture stopped: {f}")),
+            (None, Some((m, _))) => Some(format!("change capture retrying: {m}")),
+            (None, None) => None,
+        }
+    });
+    let loading = loading.or(capture.map(|m| (m, 0)));
     let failure = match (stream.delivery.problem(), loading) {
         (Some(p), _) => {
             let state = if p.stopped {
@@ -376,6 +401,11 @@ fn describe(
                 "delivery retrying"
             };
             Some(json!({ "Type": "UNKNOWN_ERROR", "Details": format!("{state}: {}", p.message) }))
+        }
+        (None, Some((message, _)))
+            if stream.spec.source.is_some() && stream.warehouse.is_none() =>
+        {
+            Some(json!({ "Type": "UNKNOWN_ERROR", "Details": message }))
         }
         (None, Some((message, _))) => Some(json!({
             "Type": "UNKNOWN_ERROR",
@@ -400,6 +430,31 @@ fn describe(
     if let Some(f) = failure {
         description["DeliveryStreamDescription"]["FailureDescription"] = f;
     }
+    if let Some(src) = &stream.source {
+        let d = &mut description["DeliveryStreamDescription"];
+        d["DeliveryStreamType"] = json!("DatabaseAsSource");
+        let mut db = stream.request["DatabaseSourceConfiguration"].clone();
+        let snapshots: Vec<Value> = src
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(table, t)| {
+                json!({
+                    "Id": format!("{}-{table}", stream.incarnation),
+                    "Table": table,
+                    "RequestTimestamp": t.requested_ms as f64 / 1000.0,
+                    "RequestedBy": "FIREHOSE",
+                    "Status": match t.snapshot {
+                        crate::source::SnapshotStatus::InProgress => "IN_PROGRESS",
+                        crate::source::SnapshotStatus::Complete => "COMPLETE",
+                    },
+                })
+            })
+            .collect();
+        db["SnapshotInfo"] = json!(snapshots);
+        d["Source"] = json!({ "DatabaseSourceDescription": db });
+    }
     Ok(description.to_string().into_bytes())
 }
 
@@ -419,14 +474,24 @@ fn list(app: &App, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             "Limit is {limit}; it must be 1 to 10000"
         )));
     }
+    let of_type = |database: bool| -> Vec<String> {
+        app.registry
+            .list()
+            .iter()
+            .filter(|s| s.spec.source.is_some() == database)
+            .map(|s| s.spec.name.clone())
+            .collect()
+    };
     let names: Vec<String> = match req.delivery_stream_type.as_deref() {
-        None | Some("DirectPut") => app
+        None => app
             .registry
             .list()
             .iter()
             .map(|s| s.spec.name.clone())
             .collect(),
-        Some("KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource") => vec![],
+        Some("DirectPut") => of_type(false),
+        Some("DatabaseAsSource") => of_type(true),
+        Some("KinesisStreamAsSource" | "MSKAsSource") => vec![],
         Some(t) => {
             return Err(ApiError::validation(format!(
                 "DeliveryStreamType {t:?} is not a stream type"

@@ -100,6 +100,16 @@ fn problems(app: &App) -> (bool, String) {
             };
             text += &format!("stream {}: {state}: {}\n", s.spec.name, p.message);
         }
+        // A source that stopped reading is a stopped stream: nothing new
+        // comes until someone acts. One that retries is named.
+        if let Some(src) = &s.source {
+            if let Some(f) = src.failed.lock().unwrap().as_ref() {
+                stopped = true;
+                text += &format!("stream {}: change capture stopped: {f}\n", s.spec.name);
+            } else if let Some((m, _)) = src.last_error.lock().unwrap().as_ref() {
+                text += &format!("stream {}: change capture retrying: {m}\n", s.spec.name);
+            }
+        }
         // The warehouse retries, or moves on past an object: named, never fatal.
         if let Some((w, _)) = &s.warehouse {
             if let Some((m, _)) = w.last_error.lock().unwrap().as_ref() {
@@ -173,8 +183,12 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
                 let (queued, _, _) = queue.backlog();
                 let last_error = w.last_error.lock().unwrap().clone();
                 j["warehouse"] = serde_json::json!({
-                    "table": format!("{}.{}", s.spec.warehouse.as_ref().map_or("", |x| &x.table.schema),
-                                     s.spec.warehouse.as_ref().map_or("", |x| &x.table.table)),
+                    "table": match (&s.spec.warehouse, &s.spec.source) {
+                        // A mirror: a table per source table, in this schema.
+                        (Some(x), Some(_)) => format!("{}.*", x.table.table),
+                        (Some(x), None) => format!("{}.{}", x.table.schema, x.table.table),
+                        (None, _) => String::new(),
+                    },
                     "objects_staged": w.objects_staged.load(Relaxed),
                     "objects_queued": queued,
                     "objects_loaded": w.objects_loaded.load(Relaxed),
@@ -184,6 +198,37 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
                     "lag_records": lag_records,
                     "lag_seconds": lag_seconds,
                     "last_error": last_error.map(|(m, at)| serde_json::json!({ "message": m, "at_ms": at })),
+                });
+            }
+            if let Some(src) = &s.source {
+                let tables: Vec<_> = src
+                    .tables
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(name, t)| {
+                        serde_json::json!({
+                            "table": name,
+                            "snapshot": match t.snapshot {
+                                crate::source::SnapshotStatus::InProgress => "IN_PROGRESS",
+                                crate::source::SnapshotStatus::Complete => "COMPLETE",
+                            },
+                            "snapshot_rows": t.snapshot_rows,
+                            "estimated_rows": t.estimated_rows,
+                            "changes": t.changes,
+                        })
+                    })
+                    .collect();
+                let last_error = src.last_error.lock().unwrap().clone();
+                j["source"] = serde_json::json!({
+                    "position": *src.position.lock().unwrap(),
+                    "changes": src.changes.load(Relaxed),
+                    "snapshot_rows": src.snapshot_rows.load(Relaxed),
+                    "lag_seconds": src.behind_ms.load(Relaxed) as f64 / 1000.0,
+                    "reconnects": src.reconnects.load(Relaxed),
+                    "failed": *src.failed.lock().unwrap(),
+                    "last_error": last_error.map(|(m, at)| serde_json::json!({ "message": m, "at_ms": at })),
+                    "tables": tables,
                 });
             }
             j

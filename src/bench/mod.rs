@@ -29,6 +29,7 @@ use anyhow::Context;
 
 use crate::client::{batch_body, Firehose};
 
+pub mod cdc;
 pub mod warehouse;
 
 pub struct BenchOptions {

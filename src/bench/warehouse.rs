@@ -72,16 +72,23 @@ fn stream_config(name: &str, url: &str, table: &str, user: &str, password: &str)
     )
 }
 
-async fn rows_loaded(endpoint: &str, stream: &str) -> anyhow::Result<(u64, u64)> {
+/// A stream's summary in `/-/streams`.
+pub(super) async fn summary(endpoint: &str, stream: &str) -> anyhow::Result<serde_json::Value> {
     let body = reqwest::get(format!("{endpoint}/-/streams"))
         .await?
         .bytes()
         .await?;
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let s = v["streams"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == stream))
-        .context("bench stream missing")?;
+    let mut v: serde_json::Value = serde_json::from_slice(&body)?;
+    let list = v["streams"].as_array_mut().context("no streams")?;
+    let i = list
+        .iter()
+        .position(|s| s["name"] == stream)
+        .with_context(|| format!("stream {stream} is missing"))?;
+    Ok(list.swap_remove(i))
+}
+
+async fn rows_loaded(endpoint: &str, stream: &str) -> anyhow::Result<(u64, u64)> {
+    let s = summary(endpoint, stream).await?;
     Ok((
         s["warehouse"]["rows_loaded"].as_u64().unwrap_or(0),
         s["warehouse"]["lag_records"].as_u64().unwrap_or(u64::MAX),
@@ -120,8 +127,10 @@ async fn put_all(client: &Firehose, stream: &str, records: Vec<Vec<u8>>) -> anyh
     Ok(())
 }
 
-pub async fn run(o: Options) -> anyhow::Result<()> {
-    let target = Target::parse(&o.url).map_err(|e| anyhow::anyhow!("{e}"))?;
+/// A connection to the PostgreSQL at `url` (a JDBC URL), as PGUSER with
+/// PGPASSWORD; the user and password too.
+pub(super) async fn connect(url: &str) -> anyhow::Result<(tokio_postgres::Client, String, String)> {
+    let target = Target::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
     let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
     let password = std::env::var("PGPASSWORD").unwrap_or_default();
     let (db, conn) = tokio_postgres::Config::new()
@@ -132,8 +141,13 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .password(&password)
         .connect(NoTls)
         .await
-        .with_context(|| format!("connecting to {}", o.url))?;
+        .with_context(|| format!("connecting to {url}"))?;
     tokio::spawn(conn);
+    Ok((db, user, password))
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let (db, user, password) = connect(&o.url).await?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let t = |what: &str| format!("bench_{what}_{id}");
     for what in ["copy", "insert", "hydrant"] {

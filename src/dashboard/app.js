@@ -176,6 +176,7 @@ function onStats(msg) {
   }
   for (const [name, st] of streams) if (!seen.has(name)) { st.row.remove(); streams.delete(name); }
   showWarehouses((msg.streams || []).filter((s) => s.warehouse));
+  showCaptures((msg.streams || []).filter((s) => s.source), t);
   $('#stream-count').textContent = `${streams.size} stream${streams.size === 1 ? '' : 's'}`;
   showTables([...streams.keys()].sort());
   schedule();
@@ -206,6 +207,45 @@ function showWarehouses(list) {
     row.cells[9].classList.toggle('bad', !!err);
     return row;
   }));
+}
+
+// Change counts per stream/table seen before, for changes per second.
+const captureSamples = new Map();
+
+// One row per captured table, rebuilt on every update.
+function showCaptures(list, t) {
+  $('#capture-card').hidden = list.length === 0;
+  const rows = [];
+  for (const s of list.sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const src = s.source;
+    const state = src.failed ? `stopped: ${src.failed}` : src.last_error ? `retrying: ${src.last_error.message}` : 'streaming';
+    // A source not reached yet has no tables: its stream still shows, with why.
+    const tables = src.tables.length ? src.tables
+      : [{ table: '–', snapshot: '–', snapshot_rows: 0, estimated_rows: 0, changes: 0 }];
+    for (const tb of tables) {
+      const id = `${s.name}/${tb.table}`;
+      const seen = captureSamples.get(id) || [];
+      if (seen.length && (tb.changes < seen[seen.length - 1].n || t <= seen[seen.length - 1].t)) seen.length = 0;
+      seen.push({ t, n: tb.changes });
+      while (seen.length > 2 && t - seen[1].t >= RATE_SPAN_MS) seen.shift();
+      captureSamples.set(id, seen);
+      const rate = seen.length > 1 ? (tb.changes - seen[0].n) / ((t - seen[0].t) / 1000) : null;
+      const progress = tb.snapshot === 'COMPLETE' ? fmtInt(tb.snapshot_rows)
+        : `${fmtInt(tb.snapshot_rows)} / ~${fmtInt(tb.estimated_rows)}`;
+      const row = el('tr', { 'data-stream': s.name, 'data-table': tb.table },
+        el('td', { class: 'l name' }, s.name),
+        el('td', { class: 'l' }, tb.table),
+        el('td', { class: 'l', 'data-field': 'snapshot' }, tb.snapshot),
+        el('td', { 'data-field': 'snapshot_rows' }, progress),
+        el('td', { 'data-field': 'changes' }, fmtInt(tb.changes)),
+        el('td', { 'data-field': 'changes_per_s' }, fmtRate(rate)),
+        el('td', { 'data-field': 'lag_seconds' }, fmtSecs(src.lag_seconds)),
+        el('td', { class: 'l', 'data-field': 'state', title: state }, state.length > 80 ? state.slice(0, 80) + '…' : state));
+      row.cells[7].classList.toggle('bad', state !== 'streaming');
+      rows.push(row);
+    }
+  }
+  $('#captures tbody').replaceChildren(...rows);
 }
 
 function newStreamRow(s) {

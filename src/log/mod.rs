@@ -478,7 +478,9 @@ impl Log {
     /// Appends a batch and the producer's new position as one write: after a
     /// crash, either both are in the log or neither is. The position is the
     /// producer's own text (at most [`MAX_POSITION_BYTES`]); [`Log::position`]
-    /// returns it. An empty batch cannot be marked.
+    /// returns it. An empty batch is a mark alone: a producer's position
+    /// moved on with nothing to append (a change source past transactions
+    /// on tables it does not capture).
     pub async fn append_marked(
         &self,
         frames: Frames,
@@ -496,8 +498,8 @@ impl Log {
                 "a producer position is at most {MAX_POSITION_BYTES} bytes"
             )));
         }
-        if frames.count == 0 || frames.count > u32::MAX as u64 {
-            return Err(bad("a marked batch holds 1 to 2^32-1 records".into()));
+        if frames.count > u32::MAX as u64 {
+            return Err(bad("a marked batch holds at most 2^32-1 records".into()));
         }
         let mark = recover::mark(frames.count, producer, position);
         self.send(
@@ -1128,6 +1130,35 @@ mod tests {
         assert_eq!(log.position("p").as_deref(), Some("1"));
         assert_eq!(log.append(frames(&["g"])).await.unwrap(), 3);
         assert_eq!(read_all(&log, 2).first().map(|e| e.0), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_mark_alone_moves_the_position_and_takes_no_offset() {
+        let dir = tempdir();
+        {
+            let log = Log::open(&dir, 0, opts()).unwrap();
+            log.append(frames(&["a"])).await.unwrap();
+            assert_eq!(log.append_marked(frames(&[]), "p", "7").await.unwrap(), 1);
+            assert_eq!(log.append(frames(&["b"])).await.unwrap(), 1);
+            log.append_marked(frames(&[]), "p", "8").await.unwrap();
+        }
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(log.position("p").as_deref(), Some("8"));
+        let got: Vec<_> = read_all(&log, 0).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(got, ["a", "b"]);
+        // A torn mark goes, and the position is the one before it.
+        let seg = dir.join(segment_name(0));
+        let len = fs::metadata(&seg).unwrap().len();
+        drop(log);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let log = Log::open(&dir, 0, opts()).unwrap();
+        assert_eq!(log.position("p").as_deref(), Some("7"));
+        assert_eq!(log.append(frames(&["c"])).await.unwrap(), 2);
     }
 
     #[tokio::test]

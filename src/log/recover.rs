@@ -68,7 +68,8 @@ pub(super) fn parse_mark(data: &[u8]) -> Option<(u64, &str, &str)> {
     let n = u16::from_le_bytes(data.get(4..6)?.try_into().ok()?) as usize;
     let producer = std::str::from_utf8(data.get(6..6 + n)?).ok()?;
     let position = std::str::from_utf8(&data[6 + n..]).ok()?;
-    (records > 0).then_some((records, producer, position))
+    // A mark may head no records: a producer's position moved on alone.
+    Some((records, producer, position))
 }
 
 /// Records that damage on disk destroyed.

@@ -21,7 +21,9 @@ use crate::delivery::prefix::{self, Template};
 use crate::delivery::route::PartitionQuery;
 use crate::destination::lake::parquet::{ParquetCompression, ParquetOptions, TableSchema};
 
+pub mod database;
 pub mod redshift;
+pub use database::DatabaseSpec;
 pub use redshift::{Credentials, SecretConfig, Secrets, WarehouseSpec};
 
 /// What the config file declares for stream definitions to name: Glue
@@ -189,6 +191,8 @@ pub struct StreamSpec {
     /// RedshiftDestinationConfiguration: the warehouse each staged object
     /// is loaded into (the fields above then describe its S3Configuration).
     pub warehouse: Option<WarehouseSpec>,
+    /// DatabaseAsSource: the database whose changes are the stream's records.
+    pub source: Option<DatabaseSpec>,
     /// The request this spec came from, as persisted.
     pub request: Value,
 }
@@ -215,6 +219,7 @@ struct CreateRequest {
     s3_destination_configuration: Option<Destination>,
     extended_s3_destination_configuration: Option<Destination>,
     redshift_destination_configuration: Option<redshift::RedshiftIn>,
+    database_source_configuration: Option<database::DatabaseIn>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
@@ -390,19 +395,30 @@ pub fn parse(request: &Value, declared: &Declared) -> Result<StreamSpec, SpecErr
         .ok_or_else(|| SpecError::invalid("DeliveryStreamName is required"))?;
     check_stream_name(&name)?;
     unsupported("", &req.other)?;
-    match req.delivery_stream_type.as_deref() {
-        None | Some("DirectPut") => {}
-        Some(t @ ("KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource")) => {
+    let source = match (req.delivery_stream_type.as_deref(), req.database_source_configuration) {
+        (None | Some("DirectPut"), None) => None,
+        (Some("DatabaseAsSource"), Some(d)) => Some(database::parse(d, &declared.secrets)?),
+        (Some("DatabaseAsSource"), None) => {
+            return Err(SpecError::invalid(
+                "DatabaseSourceConfiguration is required when DeliveryStreamType is DatabaseAsSource",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(SpecError::refused(
+                "DatabaseSourceConfiguration is given only with DeliveryStreamType DatabaseAsSource",
+            ))
+        }
+        (Some(t @ ("KinesisStreamAsSource" | "MSKAsSource")), None) => {
             return Err(SpecError::refused(format!(
-                "DeliveryStreamType {t} is not supported by hydrant yet; use DirectPut"
+                "DeliveryStreamType {t} is not supported by hydrant yet; use DirectPut or DatabaseAsSource"
             )))
         }
-        Some(t) => {
+        (Some(t), None) => {
             return Err(SpecError::invalid(format!(
                 "DeliveryStreamType {t:?} is not one of DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource"
             )))
         }
-    }
+    };
     let (dest, extended, path, redshift) = match (
         req.s3_destination_configuration,
         req.extended_s3_destination_configuration,
@@ -707,6 +723,31 @@ pub fn parse(request: &Value, declared: &Declared) -> Result<StreamSpec, SpecErr
         prefix::validate_partitioned(&prefix, error_output_prefix.as_deref(), names.as_deref())
             .map_err(|e| SpecError::refused(format!("{path}{e}")))?;
 
+    if let (Some(_), Some(w)) = (&source, &warehouse) {
+        // A mirror: one table per source table, in the schema DataTableName names.
+        let cp = "RedshiftDestinationConfiguration.CopyCommand.";
+        let given = request["RedshiftDestinationConfiguration"]["CopyCommand"]["DataTableName"]
+            .as_str()
+            .unwrap_or("");
+        if given.contains('.') {
+            return Err(SpecError::refused(format!(
+                "{cp}DataTableName {given:?}: with DatabaseAsSource it names the schema the mirror tables go in \
+                 (one per source table, named like it), so it has no '.'"
+            )));
+        }
+        if w.columns.is_some() {
+            return Err(SpecError::refused(format!(
+                "{cp}DataTableColumns has no meaning with DatabaseAsSource: a mirror table has the source table's columns"
+            )));
+        }
+        if w.copy.format
+            != (crate::destination::warehouse::copy::RecordFormat::Json { ignore_case: false })
+        {
+            return Err(SpecError::refused(format!(
+                "{cp}CopyOptions must be JSON 'auto' with DatabaseAsSource: the staged objects are change records"
+            )));
+        }
+    }
     Ok(StreamSpec {
         name,
         extended,
@@ -725,6 +766,7 @@ pub fn parse(request: &Value, declared: &Declared) -> Result<StreamSpec, SpecErr
         partition,
         format,
         warehouse,
+        source,
         request: request.clone(),
     })
 }

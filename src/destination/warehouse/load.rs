@@ -193,6 +193,8 @@ pub struct Loader {
     table: TableName,
     columns: Vec<Column>,
     copy: String,
+    /// For a mirror: what its tables are known to have.
+    pub known: super::mirror::Known,
 }
 
 impl Loader {
@@ -205,47 +207,38 @@ impl Loader {
         table: TableName,
         columns: Option<&[String]>,
     ) -> Result<Loader, LoadError> {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&target.host)
-            .port(target.port)
-            .dbname(&target.database)
-            .user(user)
-            .password(password)
-            .application_name(&target.application_name)
-            // Times hydrant converts (epochs, patterns) are UTC.
-            // Quiet: CREATE … IF NOT EXISTS would log a notice per connection.
-            .options("-c TimeZone=UTC -c client_min_messages=warning")
-            .connect_timeout(target.connect_timeout);
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-            let LoadError::Unavailable(m) = unavailable(e) else {
-                unreachable!()
-            };
-            LoadError::Unavailable(format!("{}:{}: {m}", target.host, target.port))
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "warehouse connection ended");
-            }
-        });
-        client
-            // Under a lock: two loaders creating the ledger at once would
-            // otherwise collide inside PostgreSQL's catalog.
-            .batch_execute(
-                "BEGIN;
-                 SELECT pg_advisory_xact_lock(7310682049);
-                 CREATE SCHEMA IF NOT EXISTS hydrant;
-                 CREATE TABLE IF NOT EXISTS hydrant.loads (
-                     stream text NOT NULL,
-                     object text NOT NULL,
-                     rows bigint NOT NULL,
-                     rejected bigint NOT NULL,
-                     loaded_at timestamptz NOT NULL DEFAULT now(),
-                     PRIMARY KEY (stream, object));
-                 COMMIT",
-            )
-            .await
-            .map_err(unavailable)?;
+        let client = open(target, user, password).await?;
+        Self::with_table(client, table, columns).await
+    }
+
+    /// Connects for a mirror, whose tables come and go with the source's.
+    pub async fn connect_mirror(
+        target: &Target,
+        user: &str,
+        password: &str,
+    ) -> Result<Loader, LoadError> {
+        Ok(Loader {
+            client: open(target, user, password).await?,
+            table: TableName {
+                schema: String::new(),
+                table: String::new(),
+            },
+            columns: Vec::new(),
+            copy: String::new(),
+            known: Default::default(),
+        })
+    }
+
+    /// The connection and what the mirror knows of its tables.
+    pub fn mirror_parts(&mut self) -> (&mut Client, &mut super::mirror::Known) {
+        (&mut self.client, &mut self.known)
+    }
+
+    async fn with_table(
+        client: Client,
+        table: TableName,
+        columns: Option<&[String]>,
+    ) -> Result<Loader, LoadError> {
         let found = client
             .query(
                 "SELECT column_name, data_type, character_maximum_length
@@ -295,6 +288,7 @@ impl Loader {
             table,
             columns,
             copy,
+            known: Default::default(),
         })
     }
 
@@ -401,6 +395,52 @@ impl Loader {
             }
         }
     }
+}
+
+/// A connection to the warehouse, with the ledger created if need be.
+async fn open(target: &Target, user: &str, password: &str) -> Result<Client, LoadError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&target.host)
+        .port(target.port)
+        .dbname(&target.database)
+        .user(user)
+        .password(password)
+        .application_name(&target.application_name)
+        // Times hydrant converts (epochs, patterns) are UTC.
+        // Quiet: CREATE … IF NOT EXISTS would log a notice per connection.
+        .options("-c TimeZone=UTC -c client_min_messages=warning")
+        .connect_timeout(target.connect_timeout);
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        let LoadError::Unavailable(m) = unavailable(e) else {
+            unreachable!()
+        };
+        LoadError::Unavailable(format!("{}:{}: {m}", target.host, target.port))
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "warehouse connection ended");
+        }
+    });
+    client
+        // Under a lock: two loaders creating the ledger at once would
+        // otherwise collide inside PostgreSQL's catalog.
+        .batch_execute(
+            "BEGIN;
+                 SELECT pg_advisory_xact_lock(7310682049);
+                 CREATE SCHEMA IF NOT EXISTS hydrant;
+                 CREATE TABLE IF NOT EXISTS hydrant.loads (
+                     stream text NOT NULL,
+                     object text NOT NULL,
+                     rows bigint NOT NULL,
+                     rejected bigint NOT NULL,
+                     loaded_at timestamptz NOT NULL DEFAULT now(),
+                     PRIMARY KEY (stream, object));
+                 COMMIT",
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(client)
 }
 
 /// The line a COPY error's context names (`COPY t, line 3, column a: …`).

@@ -50,6 +50,7 @@
 pub mod copy;
 pub mod jdbc;
 pub mod load;
+pub mod mirror;
 pub mod queue;
 pub mod row;
 pub mod task;

@@ -122,6 +122,9 @@ enum Raw {
 pub struct Loading {
     pub spec: StreamSpec,
     pub stores: Stores,
+    /// The stream's directory (a mirror reads its source's table
+    /// definitions there).
+    pub dir: std::path::PathBuf,
 }
 
 impl Loading {
@@ -158,6 +161,14 @@ impl Loading {
         &self,
         conn: &'c mut Option<Loader>,
     ) -> Result<&'c mut Loader, String> {
+        if conn.is_none() && self.mirror() {
+            let w = self.warehouse();
+            let c = &w.credentials;
+            let l = Loader::connect_mirror(&w.target, &c.username, &c.password.0)
+                .await
+                .map_err(|e| e.to_string())?;
+            *conn = Some(l);
+        }
         if conn.is_none() {
             let w = self.warehouse();
             let c = &w.credentials;
@@ -179,13 +190,7 @@ impl Loading {
     /// work that needs no connection, so it can run ahead of the loads.
     pub async fn prepare(&self, key: &str, columns: &[Column]) -> Result<Prepared, Failure> {
         let w = self.warehouse();
-        let bucket = &self.spec.bucket;
-        let bytes = self.stores.get(bucket, key).await.map_err(|e| {
-            Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
-        })?;
-        let body = encode::decompress(&bytes, self.spec.compression, MAX_OBJECT_BYTES)
-            .map_err(|e| Failure::Retry(format!("the staged object {bucket}/{key}: {e}")))?;
-        drop(bytes);
+        let body = self.read(key).await?;
         let mut copy = CopyText::default();
         let (mut raws, mut refused) = (Vec::new(), Vec::new());
         let within = body.as_ptr_range();
@@ -226,6 +231,55 @@ impl Loading {
         Ok(loader.columns().to_vec())
     }
 
+    /// A DatabaseAsSource stream: its objects are change records, applied
+    /// to mirror tables (see `mirror`).
+    pub fn mirror(&self) -> bool {
+        self.spec.source.is_some()
+    }
+
+    /// A staged object's records, decompressed.
+    async fn read(&self, key: &str) -> Result<Vec<u8>, Failure> {
+        let bucket = &self.spec.bucket;
+        let bytes = self.stores.get(bucket, key).await.map_err(|e| {
+            Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
+        })?;
+        encode::decompress(&bytes, self.spec.compression, MAX_OBJECT_BYTES)
+            .map_err(|e| Failure::Retry(format!("the staged object {bucket}/{key}: {e}")))
+    }
+
+    async fn apply_changes(&self, conn: &mut Option<Loader>, key: &str) -> Result<Loaded, Failure> {
+        let body = self.read(key).await?;
+        let schema = self.warehouse().table.table.clone();
+        let loader = self.connect(conn).await.map_err(Failure::Retry)?;
+        let (client, known) = loader.mirror_parts();
+        let applied = super::mirror::apply(
+            client,
+            known,
+            &schema,
+            &self.dir,
+            &self.spec.name,
+            key,
+            &body,
+        )
+        .await;
+        match applied {
+            Ok(Outcome::Loaded { rows, .. }) => Ok(Loaded {
+                rows,
+                refused: Vec::new(),
+                already: false,
+            }),
+            Ok(Outcome::AlreadyLoaded) => Ok(Loaded {
+                already: true,
+                ..Default::default()
+            }),
+            Err(e) => {
+                // The next try connects afresh (and learns the tables anew).
+                *conn = None;
+                Err(Failure::Retry(e.to_string()))
+            }
+        }
+    }
+
     /// Loads one staged object (see the module notes).
     pub async fn load(
         &self,
@@ -233,6 +287,9 @@ impl Loading {
         key: &str,
         arrival_ms: i64,
     ) -> Result<Loaded, Failure> {
+        if self.mirror() {
+            return self.apply_changes(conn, key).await;
+        }
         let columns = self.columns(conn).await?;
         let p = self.prepare(key, &columns).await?;
         self.commit(conn, p, arrival_ms).await
@@ -468,7 +525,8 @@ impl Task {
             };
             // Read the next object while this one loads: PostgreSQL and
             // hydrant then work at once.
-            if let (Some(next), Some(c)) = (self.queue.after(&s), conn.as_ref()) {
+            let next = self.queue.after(&s).filter(|_| !self.loading.mirror());
+            if let (Some(next), Some(c)) = (next, conn.as_ref()) {
                 let (loading, columns, rt2) =
                     (self.loading.clone(), c.columns().to_vec(), rt.clone());
                 let key = next.key.clone();
@@ -654,7 +712,11 @@ pub async fn backfill(
     let local = crate::destination::lake::store::LocalStore::open(data_dir)
         .with_context(|| format!("opening the lake in {}", data_dir.display()))?;
     let stores = Stores::new(local, &config.buckets).map_err(|e| anyhow::anyhow!(e))?;
-    let loading = Loading { spec, stores };
+    let loading = Loading {
+        spec,
+        stores,
+        dir: data_dir.join("streams").join(stream),
+    };
     let manifests = if manifests.is_empty() {
         let head = loading
             .spec

@@ -1,0 +1,224 @@
+//! Sources: what feeds a stream's log besides the front door.
+//!
+//! A source appends its records with the position they bring it to, in one
+//! write ([`Stream::put_marked`]): after a crash the log says exactly where
+//! the source got to, and it resumes there. Nothing is appended twice,
+//! nothing is skipped. That is the whole seam: a source owns its reading,
+//! the log owns durability, and delivery does not know where records came
+//! from.
+//!
+//! The one source today is change data capture from MySQL and MariaDB
+//! (`mysql`): a snapshot of the selected tables, reconciled with the binlog
+//! through watermarks so the source is never locked, then the binlog.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use tokio::sync::watch;
+
+use crate::spec::database::{DatabaseSpec, Engine};
+use crate::stream::Stream;
+
+pub mod mysql;
+
+/// Why a source stopped reading.
+#[derive(Debug)]
+pub enum SourceError {
+    /// Worth retrying: the server is down, a connection dropped, a
+    /// privilege is missing (and may be granted).
+    Retry(String),
+    /// Not until someone acts: the position hydrant must resume at is gone
+    /// from the server.
+    Failed(String),
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Retry(m) | SourceError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A table's snapshot, as Describe's SnapshotInfo reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    InProgress,
+    Complete,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableStats {
+    pub snapshot: SnapshotStatus,
+    /// Rows the snapshot has appended.
+    pub snapshot_rows: u64,
+    /// Row rows in the table when its snapshot started (an estimate, from
+    /// `information_schema`), for progress.
+    pub estimated_rows: u64,
+    pub requested_ms: i64,
+    /// Changes appended from the binlog.
+    pub changes: u64,
+}
+
+/// What a running source reports: to Describe, `/-/streams`, metrics and
+/// the dashboard.
+#[derive(Default)]
+pub struct SourceStats {
+    pub tables: Mutex<BTreeMap<String, TableStats>>,
+    /// The last error and when (ms); cleared when reading goes on.
+    pub last_error: Mutex<Option<(String, i64)>>,
+    /// Set when the source stopped for good (a purged position).
+    pub failed: Mutex<Option<String>>,
+    /// Commit time (ms) of the last change appended, and how far behind
+    /// the source's clock it was when appended (ms; 0 when caught up).
+    pub last_commit_ms: AtomicI64,
+    pub behind_ms: AtomicI64,
+    pub changes: AtomicU64,
+    pub snapshot_rows: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Where the source is: `file:pos` in the binlog.
+    pub position: Mutex<String>,
+}
+
+impl SourceStats {
+    fn error(&self, m: &str) {
+        *self.last_error.lock().unwrap() = Some((m.to_owned(), now_ms()));
+    }
+
+    pub(crate) fn table(&self, name: &str, f: impl FnOnce(&mut TableStats)) {
+        let mut tables = self.tables.lock().unwrap();
+        let t = tables.entry(name.to_owned()).or_insert(TableStats {
+            snapshot: SnapshotStatus::InProgress,
+            snapshot_rows: 0,
+            estimated_rows: 0,
+            requested_ms: now_ms(),
+            changes: 0,
+        });
+        f(t)
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What a running source works with.
+pub struct Ctx {
+    pub stream: Arc<Stream>,
+    pub spec: DatabaseSpec,
+    pub stats: Arc<SourceStats>,
+}
+
+/// Checks a new stream's database before the stream is created: reachable,
+/// set up for change data capture, the privileges granted, every selected
+/// table keyed. Err says what to change.
+pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
+    match spec.engine {
+        Engine::MySql => mysql::check(spec, stream).await,
+    }
+}
+
+/// Runs the source until `stop`: reconnecting with backoff after an error,
+/// and after a failure waiting for the stream to close.
+pub fn start(ctx: Ctx, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let result = tokio::select! {
+                r = mysql::run(&ctx) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let e = match result {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            match e {
+                SourceError::Retry(m) => {
+                    tracing::warn!(stream = %ctx.stream.spec.name, error = %m, retry_in = ?backoff, "change capture: retrying");
+                    ctx.stats.error(&m);
+                }
+                SourceError::Failed(m) => {
+                    tracing::error!(stream = %ctx.stream.spec.name, error = %m, "change capture stopped");
+                    ctx.stats.error(&m);
+                    *ctx.stats.failed.lock().unwrap() = Some(m);
+                    let _ = stop.wait_for(|s| *s).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    })
+}
+
+/// One row change, before it is placed in the source (commit time,
+/// position) by its transaction's commit.
+pub struct Change {
+    /// `c` insert, `u` update, `d` delete, `r` snapshot read, `t` truncate.
+    pub op: char,
+    pub db: Arc<str>,
+    pub table: Arc<str>,
+    /// The row's key columns, as an object (null for a truncate).
+    pub key: Json,
+    pub before: Json,
+    pub after: Json,
+}
+
+/// Where a change came from, as its record's `source` says.
+pub struct Origin<'a> {
+    pub connector: &'a str,
+    pub stream: &'a str,
+    pub file: &'a str,
+    pub pos: u64,
+    pub row: usize,
+    pub commit_ms: i64,
+    pub xid: Option<u64>,
+    pub snapshot: bool,
+}
+
+/// Past this a change record is appended without its images (a row of
+/// many megabytes of BLOB): its key and `"truncated": <bytes>` say so.
+pub const MAX_CHANGE_BYTES: usize = 8 << 20;
+
+/// The change record: Debezium's envelope (`op`, `before`, `after`,
+/// `source`, `ts_ms`) plus the row's `key`.
+pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
+    let mut source = json!({
+        "connector": o.connector,
+        "name": o.stream,
+        "db": &*c.db,
+        "table": &*c.table,
+        "snapshot": o.snapshot,
+        "file": o.file,
+        "pos": o.pos,
+        "row": o.row,
+        "ts_ms": o.commit_ms,
+    });
+    if let Some(x) = o.xid {
+        source["xid"] = json!(x);
+    }
+    let record = json!({
+        "op": c.op.to_string(),
+        "source": source,
+        "key": &c.key,
+        "before": &c.before,
+        "after": &c.after,
+        "ts_ms": now_ms(),
+    });
+    let bytes = serde_json::to_vec(&record).expect("JSON values serialize");
+    if bytes.len() <= MAX_CHANGE_BYTES {
+        return bytes;
+    }
+    let mut cut = record;
+    cut["before"] = Json::Null;
+    cut["after"] = Json::Null;
+    cut["truncated"] = json!(bytes.len());
+    serde_json::to_vec(&cut).expect("JSON values serialize")
+}
