@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tokio::sync::watch;
 
 use crate::spec::database::{DatabaseSpec, Engine};
@@ -188,37 +188,61 @@ pub struct Origin<'a> {
 pub const MAX_CHANGE_BYTES: usize = 8 << 20;
 
 /// The change record: Debezium's envelope (`op`, `before`, `after`,
-/// `source`, `ts_ms`) plus the row's `key`.
+/// `source`, `ts_ms`) plus the row's `key`, serialized straight from the
+/// change (no copy of its values).
 pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
-    let mut source = json!({
-        "connector": o.connector,
-        "name": o.stream,
-        "db": &*c.db,
-        "table": &*c.table,
-        "snapshot": o.snapshot,
-        "file": o.file,
-        "pos": o.pos,
-        "row": o.row,
-        "ts_ms": o.commit_ms,
-    });
-    if let Some(x) = o.xid {
-        source["xid"] = json!(x);
+    #[derive(serde::Serialize)]
+    struct Source<'a> {
+        connector: &'a str,
+        name: &'a str,
+        db: &'a str,
+        table: &'a str,
+        snapshot: bool,
+        file: &'a str,
+        pos: u64,
+        row: usize,
+        ts_ms: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        xid: Option<u64>,
     }
-    let record = json!({
-        "op": c.op.to_string(),
-        "source": source,
-        "key": &c.key,
-        "before": &c.before,
-        "after": &c.after,
-        "ts_ms": now_ms(),
-    });
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        op: &'a str,
+        source: Source<'a>,
+        key: &'a Json,
+        before: &'a Json,
+        after: &'a Json,
+        ts_ms: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        truncated: Option<usize>,
+    }
+    let mut op = [0u8; 4];
+    let mut record = Record {
+        op: c.op.encode_utf8(&mut op),
+        source: Source {
+            connector: o.connector,
+            name: o.stream,
+            db: &c.db,
+            table: &c.table,
+            snapshot: o.snapshot,
+            file: o.file,
+            pos: o.pos,
+            row: o.row,
+            ts_ms: o.commit_ms,
+            xid: o.xid,
+        },
+        key: &c.key,
+        before: &c.before,
+        after: &c.after,
+        ts_ms: now_ms(),
+        truncated: None,
+    };
     let bytes = serde_json::to_vec(&record).expect("JSON values serialize");
     if bytes.len() <= MAX_CHANGE_BYTES {
         return bytes;
     }
-    let mut cut = record;
-    cut["before"] = Json::Null;
-    cut["after"] = Json::Null;
-    cut["truncated"] = json!(bytes.len());
-    serde_json::to_vec(&cut).expect("JSON values serialize")
+    record.before = &Json::Null;
+    record.after = &Json::Null;
+    record.truncated = Some(bytes.len());
+    serde_json::to_vec(&record).expect("JSON values serialize")
 }
