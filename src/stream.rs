@@ -256,6 +256,42 @@ impl Stream {
         append.await.unwrap_or(Err(PutError::Closed))
     }
 
+    /// Snapshots every source table again (a DatabaseAsSource stream):
+    /// stops change capture, records the request in the log, and starts it
+    /// again from the current end of the source's log. Each table's records
+    /// start with a truncate (`t`), so a reader replaying them, and the
+    /// warehouse mirror, drop what came before.
+    pub async fn resnapshot(self: &Arc<Self>) -> Result<(), String> {
+        let (Some(stats), Some(db)) = (self.source.clone(), self.spec.source.clone()) else {
+            return Err(format!(
+                "delivery stream {} is not of type DatabaseAsSource",
+                self.spec.name
+            ));
+        };
+        let open = self.gate.read().await;
+        if !*open {
+            return Err(format!("delivery stream {} is closing", self.spec.name));
+        }
+        let running = self.capture.lock().unwrap().take();
+        if let Some((stop, task)) = running {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        drop(open);
+        let requested = crate::source::request_snapshot(self).await;
+        *stats.failed.lock().unwrap() = None;
+        *stats.last_error.lock().unwrap() = None;
+        stats.tables.lock().unwrap().clear();
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = crate::source::Ctx {
+            stream: self.clone(),
+            spec: db,
+            stats,
+        };
+        *self.capture.lock().unwrap() = Some((stop, crate::source::start(ctx, stop_rx)));
+        requested
+    }
+
     /// Refuses new puts, waits for those in flight, delivers everything in
     /// the log, and stops the delivery task. Err says why not everything
     /// could be delivered (it stays in the log for the next start).
@@ -268,6 +304,12 @@ impl Stream {
             let _ = task.await;
         }
         *self.gate.write().await = false;
+        // A snapshot requested meanwhile may have started it again.
+        let capture = self.capture.lock().unwrap().take();
+        if let Some((stop, task)) = capture {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let _ = self.stop.send(true);
         let finished = self.finished.lock().unwrap().take();
         if let Some(f) = finished {

@@ -76,7 +76,8 @@ pub struct KeyConfig {
     pub secret_access_key_env: Option<String>,
     /// Actions the key may take, as patterns: `firehose:<Operation>`,
     /// `s3:ListAllMyBuckets`, `s3:ListBucket`, `s3:GetObject`,
-    /// `hydrant:Read` (the dashboard's data), `hydrant:Query` (SQL). Default `*`.
+    /// `hydrant:Read` (the dashboard's data), `hydrant:Query` (SQL),
+    /// `hydrant:Snapshot` (snapshot a database source again). Default `*`.
     #[serde(default = "everything")]
     pub actions: Vec<String>,
     /// Delivery streams the key may act on (and query). Default `*`.

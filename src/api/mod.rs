@@ -66,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/-/api/aggregates", get(aggregates))
         .route("/-/api/live", get(live))
         .route("/-/query", post(query))
+        .route("/-/streams/{name}/snapshot", post(snapshot))
         .route("/-/logout", post(logout))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), own_auth));
     Router::new()
@@ -241,6 +242,26 @@ async fn streams(State(app): State<Arc<App>>, who: axum::Extension<Who>) -> Resp
     axum::Json(streams_json(&app, &who)).into_response()
 }
 
+/// `POST /-/streams/NAME/snapshot`: snapshot a DatabaseAsSource stream's
+/// tables again (after a purged binlog, or to rebuild what reads it).
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let Some(stream) = app.registry.get(&name).filter(|_| who.may_stream(&name)) else {
+        return own_error(StatusCode::NOT_FOUND, format!("no delivery stream {name}"));
+    };
+    match stream.resnapshot().await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "stream": name, "snapshot": "requested" })),
+        )
+            .into_response(),
+        Err(m) => own_error(StatusCode::CONFLICT, m),
+    }
+}
+
 async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if app.auth.enabled() && !app.auth.metrics(&headers) {
         let why = if app.auth.has_metrics_token() {
@@ -286,10 +307,10 @@ async fn own_auth(
         req.extensions_mut().insert(Who(None));
         return next.run(req).await;
     }
-    let action = if req.uri().path() == "/-/query" {
-        "hydrant:Query"
-    } else {
-        "hydrant:Read"
+    let action = match req.uri().path() {
+        "/-/query" => "hydrant:Query",
+        p if p.ends_with("/snapshot") => "hydrant:Snapshot",
+        _ => "hydrant:Read",
     };
     let (mut req, key) = match app.auth.session(req.headers()) {
         Some(key) => {

@@ -121,6 +121,18 @@ pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
     }
 }
 
+/// Asks for a new snapshot of every table (see `mysql::run`); the source
+/// must be stopped, and takes it up when started again.
+pub async fn request_snapshot(stream: &Arc<Stream>) -> Result<(), String> {
+    match stream.spec.source.as_ref().map(|s| s.engine) {
+        Some(Engine::MySql) => mysql::request_snapshot(stream).await,
+        None => Err(format!(
+            "delivery stream {} is not of type DatabaseAsSource",
+            stream.spec.name
+        )),
+    }
+}
+
 /// Runs the source until `stop`: reconnecting with backoff after an error,
 /// and after a failure waiting for the stream to close.
 pub fn start(ctx: Ctx, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {

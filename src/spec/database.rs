@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{unsupported, Credentials, Secrets, SpecError};
+// The same patterns as access keys' stream and action lists.
+use crate::api::auth::glob;
 
 const PATH: &str = "DatabaseSourceConfiguration.";
 /// Bounds on the lists a user gives: enough for any real schema, and small
@@ -60,25 +62,6 @@ impl Filter {
         };
         self.include.as_ref().is_none_or(|i| i.iter().any(hit)) && !self.exclude.iter().any(hit)
     }
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, name: &str) -> bool {
-    let Some((first, rest)) = pattern.split_once('*') else {
-        return pattern == name;
-    };
-    let Some(mut left) = name.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = rest.split('*').collect();
-    let (last, middle) = pieces.split_last().expect("split yields one piece");
-    for piece in middle {
-        match left.find(piece) {
-            Some(i) => left = &left[i + piece.len()..],
-            None => return false,
-        }
-    }
-    left.len() >= last.len() && left.ends_with(last)
 }
 
 #[derive(Deserialize)]
@@ -351,7 +334,7 @@ pub(super) fn parse(d: DatabaseIn, secrets: &Secrets) -> Result<DatabaseSpec, Sp
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use crate::api::auth::glob;
 
     #[test]
     fn patterns_match_like_firehose_wildcards() {

@@ -793,3 +793,20 @@ def test_tls_login_cookie_is_secure(tls_srv):
     assert status == 200, (status, body)
     attrs = [a.strip().lower() for a in (h.get("Set-Cookie") or "").split(";")[1:]]
     assert {"secure", "httponly", "samesite=strict"} <= set(attrs), h.get("Set-Cookie")
+
+
+def test_a_snapshot_request_needs_its_own_action_and_origin(srv):
+    url = srv.endpoint + "/-/streams/events-1/snapshot"
+    status, h, body = http_request(url, "POST")
+    assert status == 401, (status, body[:300])
+    origin = {"Origin": f"http://127.0.0.1:{srv.port}"}
+    status, h, body = http_request(url, "POST", {"Cookie": session_cookie(srv.endpoint, READER), **origin})
+    assert status == 403, (status, body[:300])  # hydrant:Read, not hydrant:Snapshot
+    admin = session_cookie(srv.endpoint, ADMIN)
+    status, h, body = http_request(url, "POST", {"Cookie": admin, "Origin": "http://evil.example"})
+    assert status == 403, (status, body[:300])
+    # Allowed, but a DirectPut stream has no source to snapshot.
+    status, h, body = http_request(url, "POST", {"Cookie": admin, **origin})
+    assert status == 409 and "not of type DatabaseAsSource" in json_body(body)["error"], (status, body[:300])
+    status, h, body = http_request(srv.endpoint + "/-/streams/nope/snapshot", "POST", {"Cookie": admin, **origin})
+    assert status == 404, (status, body[:300])

@@ -14,8 +14,8 @@ from decimal import Decimal
 
 from conftest import wait_for
 from mariadb import cdc_request, changes, db, load_items, mdb, replay, running_writers  # noqa: F401 - fixtures
-from pg import JDBC_URL, ROLE, ledger, rows as pg_rows, scalar, warehouse  # noqa: F401 - fixture
-from test_cdc_mysql import snapshot_complete
+from pg import JDBC_URL, ROLE, ledger, psql, rows as pg_rows, scalar, warehouse  # noqa: F401 - fixture
+from test_cdc_mysql import post, snapshot_complete
 
 
 def mirror_request(name, mdb, db, tables, schema, **extra):
@@ -158,3 +158,10 @@ def test_types_columns_added_and_truncate_reach_the_mirror(mdb, db, warehouse, m
     mdb.execute("INSERT INTO t (id, note) VALUES (7, 'after')", db=db)
     wait_for(lambda: rows_now(f"SELECT id, note FROM {schema}.t ORDER BY id") == [{"id": 7, "note": "after"}],
              timeout=60, what="the truncate in the mirror")
+    # A mirror that drifted (a row written into it by hand) is rebuilt by a
+    # snapshot on request: truncated, then read afresh.
+    psql(f"INSERT INTO {schema}.t (id, note) VALUES (99, 'stray')")
+    status, body = post(server, f"/-/streams/{name}/snapshot")
+    assert status == 202, body
+    wait_for(lambda: rows_now(f"SELECT id, note FROM {schema}.t ORDER BY id") == [{"id": 7, "note": "after"}],
+             timeout=60, what="the mirror rebuilt by the new snapshot")

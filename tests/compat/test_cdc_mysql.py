@@ -240,6 +240,17 @@ def test_source_restart_is_retried_and_nothing_is_lost(mdb, db, make_server):
     wait_for(lambda: "FailureDescription" not in describe(client, "restart"), timeout=60, what="the failure to clear")
 
 
+def post(server, path):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(server.endpoint + path, method="POST"), timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def urllib_get(server, path):
     import urllib.request
 
@@ -299,6 +310,18 @@ def test_purged_binlog_fails_the_stream_naming_the_position(mdb, db, make_server
     failure = wait_for(lambda: describe(client, "purged").get("FailureDescription"), timeout=60, what="the failure")
     assert "no longer holds" in failure["Details"] and "binlog." in failure["Details"], failure
     assert "stopped" in failure["Details"]
+    # A snapshot on request recovers: every table emptied (a `t` record),
+    # then read afresh; the change log replays to the source again.
+    assert post(server, "/-/streams/nothing/snapshot")[0] == 404
+    status, body = post(server, "/-/streams/purged/snapshot")
+    assert status == 202, body
+    wait_for(lambda: "FailureDescription" not in describe(client, "purged") and snapshot_complete(client, "purged"),
+             timeout=60, what="the new snapshot")
+    mdb.execute("INSERT INTO items VALUES (3, 3)", db=db)
+    want = {json.dumps({"id": i}): {"id": i, "v": i} for i in (1, 2, 3)}
+    got = wait_for(lambda: (lambda c: c if replay(c).get((db, "items")) == want else None)(changes(server)),
+                   timeout=60, what="the replay to equal the source after the new snapshot")
+    assert [c["op"] for c in got].count("t") == 1
 
 
 # --- refusals at create -----------------------------------------------------

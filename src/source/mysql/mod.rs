@@ -50,6 +50,9 @@ const CHUNK_ROWS: usize = 4096;
 /// appended whole, in one write).
 const FLUSH_RECORDS: u64 = 8192;
 const FLUSH_BYTES: usize = 8 << 20;
+/// The longest a change waits to be appended while the binlog keeps
+/// coming (a busy server never leaves the reader idle).
+const FLUSH_AFTER: Duration = Duration::from_millis(100);
 /// How often the binlog position is recorded when nothing selected changes.
 const IDLE_MARK: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -390,6 +393,24 @@ fn binlog_error(e: mysql_async::Error, file: &str, pos: u64) -> SourceError {
     }
 }
 
+/// Asks for a new snapshot: the next start reads the binlog from its end
+/// and every table afresh (see `run`).
+pub(super) async fn request_snapshot(stream: &Arc<crate::stream::Stream>) -> Result<(), String> {
+    let epoch = stream
+        .log
+        .position(BINLOG)
+        .and_then(|p| serde_json::from_str::<Json>(&p).ok())
+        .map_or(0, |j| {
+            j["epoch"].as_u64().or(j["restart"].as_u64()).unwrap_or(0)
+        });
+    let mark = json!({ "restart": epoch + 1 }).to_string();
+    stream
+        .put_marked(Batch::default(), BINLOG, &mark)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("recording the request: {e}"))
+}
+
 /// The checks run when a stream is created, so that a source that cannot
 /// work is refused with what to change.
 pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
@@ -493,11 +514,16 @@ enum Snap {
     Done,
 }
 
-fn parse_snap(position: Option<String>) -> Snap {
+/// A table's snapshot position, if it belongs to this `epoch` (each
+/// requested snapshot starts a new one).
+fn parse_snap(position: Option<String>, epoch: u64) -> Snap {
     let Some(p) = position else {
         return Snap::After(None);
     };
     let j: Json = serde_json::from_str(&p).unwrap_or(Json::Null);
+    if j["epoch"].as_u64().unwrap_or(0) != epoch {
+        return Snap::After(None);
+    }
     if j["done"] == json!(true) {
         return Snap::Done;
     }
@@ -541,11 +567,15 @@ struct Reader<'a> {
     marked: (String, u64),
     marked_at: Instant,
     txn: Vec<Pending>,
+    /// Which requested snapshot this is (0: the stream's first).
+    epoch: u64,
     /// This connection's format description has arrived (see RotateEvent).
     described: bool,
     /// A watermark write seen in the current transaction: (is it ours, mark).
     txn_marks: Vec<String>,
     batch: Batch,
+    /// When the oldest change in `batch` was read.
+    batch_since: Option<Instant>,
     chunk: Option<Chunk>,
 }
 
@@ -556,27 +586,63 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
     let mut conn = connect(spec).await?;
     let now = check_server(&mut conn).await?;
     watermark_table(&mut conn, spec).await?;
-    let (file, pos) = match stream.log.position(BINLOG) {
-        Some(p) => {
-            let j: Json = serde_json::from_str(&p).unwrap_or(Json::Null);
-            match (j["file"].as_str(), j["pos"].as_u64()) {
-                (Some(f), Some(p)) => (f.to_owned(), p),
-                _ => {
-                    return Err(SourceError::Failed(format!(
-                        "the recorded binlog position {p:?} is unreadable"
-                    )))
-                }
+    let recorded: Option<Json> = stream
+        .log
+        .position(BINLOG)
+        .map(|p| serde_json::from_str(&p).unwrap_or(Json::Null));
+    let (file, pos, epoch) = match recorded {
+        Some(j) if j["restart"].is_u64() => {
+            // A snapshot was asked for: from now on, every table afresh,
+            // each first emptied (a `t` record) of what came before.
+            let epoch = j["restart"].as_u64().unwrap_or(0);
+            let tables = discover(&mut conn, spec).await?;
+            let mut batch = Batch::default();
+            let now_ms = now_ms();
+            for (i, t) in tables.iter().enumerate() {
+                let change = Change {
+                    op: 't',
+                    db: t.db.clone(),
+                    table: t.name.clone(),
+                    key: Json::Null,
+                    before: Json::Null,
+                    after: Json::Null,
+                };
+                let origin = Origin {
+                    connector: "mysql",
+                    stream: &stream.spec.name,
+                    file: &now.0,
+                    pos: now.1,
+                    row: i,
+                    commit_ms: now_ms,
+                    xid: None,
+                    snapshot: true,
+                };
+                batch.push(now_ms, &envelope(&change, &origin));
             }
+            let mark = json!({ "file": now.0, "pos": now.1, "epoch": epoch }).to_string();
+            stream
+                .put_marked(batch, BINLOG, &mark)
+                .await
+                .map_err(|e| SourceError::Retry(format!("recording the start position: {e}")))?;
+            (now.0, now.1, epoch)
         }
+        Some(j) => match (j["file"].as_str(), j["pos"].as_u64()) {
+            (Some(f), Some(p)) => (f.to_owned(), p, j["epoch"].as_u64().unwrap_or(0)),
+            _ => {
+                return Err(SourceError::Failed(format!(
+                    "the recorded binlog position {j} is unreadable"
+                )))
+            }
+        },
         None => {
             // The first start: the binlog from now on, and every table's
             // snapshot. The start is recorded before anything is read.
-            let mark = json!({ "file": now.0, "pos": now.1 }).to_string();
+            let mark = json!({ "file": now.0, "pos": now.1, "epoch": 0 }).to_string();
             stream
                 .put_marked(Batch::default(), BINLOG, &mark)
                 .await
                 .map_err(|e| SourceError::Retry(format!("recording the start position: {e}")))?;
-            now
+            (now.0, now.1, 0)
         }
     };
     let mut reader = Reader {
@@ -589,9 +655,11 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
         marked: (file.clone(), pos),
         marked_at: Instant::now(),
         txn: Vec::new(),
+        epoch,
         described: false,
         txn_marks: Vec::new(),
         batch: Batch::default(),
+        batch_since: None,
         chunk: None,
     };
     reader.reload(false).await?;
@@ -666,7 +734,7 @@ impl Reader<'_> {
                         fresh.push(producer);
                         Snap::Done
                     }
-                    p => parse_snap(p),
+                    p => parse_snap(p, self.epoch),
                 };
                 let done = matches!(snap, Snap::Done);
                 self.ctx.stats.table(&dotted, |s| {
@@ -681,12 +749,8 @@ impl Reader<'_> {
                 .insert((t.db.to_string(), t.name.to_string()), Arc::new(t));
         }
         for producer in fresh {
-            self.put(
-                Batch::default(),
-                &producer,
-                &json!({ "done": true }).to_string(),
-            )
-            .await?;
+            let done = json!({ "done": true, "epoch": self.epoch }).to_string();
+            self.put(Batch::default(), &producer, &done).await?;
         }
         Ok(())
     }
@@ -803,7 +867,8 @@ impl Reader<'_> {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let mark = json!({ "file": at.0, "pos": at.1 }).to_string();
+        self.batch_since = None;
+        let mark = json!({ "file": at.0, "pos": at.1, "epoch": self.epoch }).to_string();
         self.put(batch, BINLOG, &mark).await?;
         *self.ctx.stats.position.lock().unwrap() = format!("{}:{}", at.0, at.1);
         self.marked = at;
@@ -1056,6 +1121,7 @@ impl Reader<'_> {
                 snapshot: false,
             };
             self.batch.push(now, &envelope(&p.change, &origin));
+            self.batch_since.get_or_insert_with(Instant::now);
             stats.table(&format!("{}.{}", p.change.db, p.change.table), |t| {
                 t.changes += 1
             });
@@ -1083,8 +1149,12 @@ impl Reader<'_> {
             self.emit_chunk().await?;
         } else if self.batch.len() >= FLUSH_RECORDS
             || self.batch.data_bytes() as usize >= FLUSH_BYTES
+            || self.batch_since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
         {
             self.flush(true).await?;
+        } else if self.batch.is_empty() {
+            // Nothing waiting: record the position now and then.
+            self.flush(false).await?;
         }
         Ok(())
     }
@@ -1129,9 +1199,9 @@ impl Reader<'_> {
         let (snap, position) = match &c.next {
             Some(last) => (
                 Snap::After(Some(last.clone())),
-                json!({ "after": last.iter().map(tag).collect::<Vec<_>>() }),
+                json!({ "after": last.iter().map(tag).collect::<Vec<_>>(), "epoch": self.epoch }),
             ),
-            None => (Snap::Done, json!({ "done": true })),
+            None => (Snap::Done, json!({ "done": true, "epoch": self.epoch })),
         };
         let producer = snapshot_producer(&c.table.db, &c.table.name);
         self.put(batch, &producer, &position.to_string()).await?;
