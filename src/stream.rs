@@ -661,6 +661,16 @@ impl Registry {
             ))
         })?;
         self.streams.write().unwrap().remove(name);
+        if let Some(db) = &stream.spec.source {
+            // A slot left behind would keep the source's WAL forever; say
+            // how to drop it by hand if the source cannot be reached now.
+            if let Err(e) = crate::source::forget(db, name).await {
+                tracing::error!(stream = %name, error = %e,
+                    slot = %crate::source::postgres::slot_name(name),
+                    "could not drop the stream's replication slot and publication on its source: \
+                     drop them there (pg_drop_replication_slot, DROP PUBLICATION)");
+            }
+        }
         let tomb = self
             .data_dir
             .join("streams")

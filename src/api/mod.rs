@@ -230,6 +230,9 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
                     "failed": *src.failed.lock().unwrap(),
                     "last_error": last_error.map(|(m, at)| serde_json::json!({ "message": m, "at_ms": at })),
                     "tables": tables,
+                    // PostgreSQL: what hydrant created on the source.
+                    "slot": *src.slot.lock().unwrap(),
+                    "publication": *src.slot.lock().unwrap(),
                 });
             }
             j

@@ -7,9 +7,12 @@
 //! the log owns durability, and delivery does not know where records came
 //! from.
 //!
-//! The one source today is change data capture from MySQL and MariaDB
-//! (`mysql`): a snapshot of the selected tables, reconciled with the binlog
-//! through watermarks so the source is never locked, then the binlog.
+//! The sources today are change data capture from MySQL and MariaDB
+//! (`mysql`: the row-based binlog) and from PostgreSQL (`postgres`:
+//! logical replication with pgoutput). Both take a snapshot of the
+//! selected tables, reconciled with the change stream through watermarks
+//! so the source is never locked, then follow the stream, and both write
+//! the one change record below.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -23,6 +26,20 @@ use crate::spec::database::{DatabaseSpec, Engine};
 use crate::stream::Stream;
 
 pub mod mysql;
+pub mod postgres;
+
+/// Rows per snapshot chunk.
+pub(crate) const CHUNK_ROWS: usize = 4096;
+/// Changes appended in one write at most (a large transaction is still
+/// appended whole, in one write).
+pub(crate) const FLUSH_RECORDS: u64 = 8192;
+pub(crate) const FLUSH_BYTES: usize = 8 << 20;
+/// The longest a change waits to be appended while the stream keeps
+/// coming (a busy server never leaves the reader idle).
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(100);
+/// How often the source position is recorded when nothing selected changes.
+pub(crate) const IDLE_MARK: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a source stopped reading.
 #[derive(Debug)]
@@ -79,8 +96,10 @@ pub struct SourceStats {
     pub changes: AtomicU64,
     pub snapshot_rows: AtomicU64,
     pub reconnects: AtomicU64,
-    /// Where the source is: `file:pos` in the binlog.
+    /// Where the source is: `file:pos` in the binlog, `slot at LSN`.
     pub position: Mutex<String>,
+    /// PostgreSQL: the replication slot (and publication) hydrant reads.
+    pub slot: Mutex<Option<String>>,
 }
 
 impl SourceStats {
@@ -118,19 +137,48 @@ pub struct Ctx {
 pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
     match spec.engine {
         Engine::MySql => mysql::check(spec, stream).await,
+        Engine::Postgres => postgres::check(spec, stream).await,
     }
 }
 
-/// Asks for a new snapshot of every table (see `mysql::run`); the source
-/// must be stopped, and takes it up when started again.
-pub async fn request_snapshot(stream: &Arc<Stream>) -> Result<(), String> {
-    match stream.spec.source.as_ref().map(|s| s.engine) {
-        Some(Engine::MySql) => mysql::request_snapshot(stream).await,
-        None => Err(format!(
-            "delivery stream {} is not of type DatabaseAsSource",
-            stream.spec.name
-        )),
+/// Removes what a deleted stream kept on its source: PostgreSQL's slot
+/// and publication (a MySQL binlog reader leaves nothing behind).
+pub async fn forget(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
+    match spec.engine {
+        Engine::MySql => Ok(()),
+        Engine::Postgres => postgres::forget(spec, stream).await,
     }
+}
+
+/// Asks for a new snapshot of every table: the source must be stopped,
+/// and takes it up when started again, from the change stream's current
+/// end and with every table afresh (see `mysql::run`, `postgres::run`).
+/// The request is a mark of the source's position producer, so it is
+/// durable, and done once.
+pub async fn request_snapshot(stream: &Arc<Stream>) -> Result<(), String> {
+    let producer = match stream.spec.source.as_ref().map(|s| s.engine) {
+        Some(Engine::MySql) => mysql::BINLOG,
+        Some(Engine::Postgres) => postgres::WAL,
+        None => {
+            return Err(format!(
+                "delivery stream {} is not of type DatabaseAsSource",
+                stream.spec.name
+            ))
+        }
+    };
+    let epoch = stream
+        .log
+        .position(producer)
+        .and_then(|p| serde_json::from_str::<Json>(&p).ok())
+        .map_or(0, |j| {
+            j["epoch"].as_u64().or(j["restart"].as_u64()).unwrap_or(0)
+        });
+    let mark = serde_json::json!({ "restart": epoch + 1 }).to_string();
+    stream
+        .put_marked(crate::stream::Batch::default(), producer, &mark)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("recording the request: {e}"))
 }
 
 /// Runs the source until `stop`: reconnecting with backoff after an error,
@@ -139,8 +187,14 @@ pub fn start(ctx: Ctx, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHand
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
+            let run = async {
+                match ctx.spec.engine {
+                    Engine::MySql => mysql::run(&ctx).await,
+                    Engine::Postgres => postgres::run(&ctx).await,
+                }
+            };
             let result = tokio::select! {
-                r = mysql::run(&ctx) => r,
+                r = run => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             let e = match result {
@@ -175,6 +229,7 @@ pub fn start(ctx: Ctx, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHand
 pub struct Change {
     /// `c` insert, `u` update, `d` delete, `r` snapshot read, `t` truncate.
     pub op: char,
+    /// The table's namespace: MySQL's database, PostgreSQL's schema.
     pub db: Arc<str>,
     pub table: Arc<str>,
     /// The row's key columns, as an object (null for a truncate).
@@ -183,12 +238,35 @@ pub struct Change {
     pub after: Json,
 }
 
+impl Change {
+    /// A table emptied (TRUNCATE, or a snapshot on request starting over).
+    pub fn truncate(db: &Arc<str>, table: &Arc<str>) -> Change {
+        Change {
+            op: 't',
+            db: db.clone(),
+            table: table.clone(),
+            key: Json::Null,
+            before: Json::Null,
+            after: Json::Null,
+        }
+    }
+}
+
+/// Where in the source's change stream a record is.
+pub enum Position<'a> {
+    /// MySQL: the event's binlog file and offset.
+    Binlog { file: &'a str, pos: u64 },
+    /// PostgreSQL: the end of the transaction's commit record.
+    Wal { lsn: u64 },
+}
+
 /// Where a change came from, as its record's `source` says.
 pub struct Origin<'a> {
     pub connector: &'a str,
     pub stream: &'a str,
-    pub file: &'a str,
-    pub pos: u64,
+    /// PostgreSQL: the database; the change's `db` is then its schema.
+    pub database: Option<&'a str>,
+    pub position: Position<'a>,
     pub row: usize,
     pub commit_ms: i64,
     pub xid: Option<u64>,
@@ -208,10 +286,16 @@ pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
         connector: &'a str,
         name: &'a str,
         db: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<&'a str>,
         table: &'a str,
         snapshot: bool,
-        file: &'a str,
-        pos: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pos: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lsn: Option<u64>,
         row: usize,
         ts_ms: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,16 +313,26 @@ pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
         truncated: Option<usize>,
     }
     let mut op = [0u8; 4];
+    let (file, pos, lsn) = match o.position {
+        Position::Binlog { file, pos } => (Some(file), Some(pos), None),
+        Position::Wal { lsn } => (None, None, Some(lsn)),
+    };
+    let (db, schema) = match o.database {
+        Some(d) => (d, Some(&*c.db)),
+        None => (&*c.db, None),
+    };
     let mut record = Record {
         op: c.op.encode_utf8(&mut op),
         source: Source {
             connector: o.connector,
             name: o.stream,
-            db: &c.db,
+            db,
+            schema,
             table: &c.table,
             snapshot: o.snapshot,
-            file: o.file,
-            pos: o.pos,
+            file,
+            pos,
+            lsn,
             row: o.row,
             ts_ms: o.commit_ms,
             xid: o.xid,

@@ -26,6 +26,10 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub enum Engine {
     /// MySQL 8 and MariaDB 10.x: the row-based binlog.
     MySql,
+    /// PostgreSQL 10 and later: logical replication (pgoutput). Names are
+    /// `schema.table` and `schema.table.column` in the one database
+    /// `Databases` selects.
+    Postgres,
 }
 
 /// A validated database source.
@@ -61,6 +65,16 @@ impl Filter {
             p.len() == parts.len() && p.iter().zip(parts).all(|(p, n)| glob(p, n))
         };
         self.include.as_ref().is_none_or(|i| i.iter().any(hit)) && !self.exclude.iter().any(hit)
+    }
+
+    /// The one name an Include list of one plain name (no `*`) selects.
+    pub fn literal(&self) -> Option<&str> {
+        match self.include.as_deref() {
+            Some([one]) if one.len() == 1 && !one[0].contains('*') && self.selects(&[&one[0]]) => {
+                Some(&one[0])
+            }
+            _ => None,
+        }
     }
 }
 
@@ -144,7 +158,11 @@ fn check_name(path: &str, name: &str, wildcard: bool) -> Result<(), SpecError> {
 fn dotted(path: &str, s: &str, parts: usize, wildcard: bool) -> Result<Vec<String>, SpecError> {
     let split: Vec<String> = s.split('.').map(str::to_owned).collect();
     if split.len() != parts {
-        let shape = ["database", "database.table", "database.table.column"][parts - 1];
+        let shape = [
+            "database",
+            "database.table (PostgreSQL: schema.table)",
+            "database.table.column (PostgreSQL: schema.table.column)",
+        ][parts - 1];
         return Err(SpecError::invalid(format!(
             "{path}: {s:?} must have the form {shape}"
         )));
@@ -198,11 +216,7 @@ pub(super) fn parse(d: DatabaseIn, secrets: &Secrets) -> Result<DatabaseSpec, Sp
     unsupported(PATH, &d.other)?;
     let engine = match d.kind.as_deref() {
         Some("MySQL") => Engine::MySql,
-        Some("PostgreSQL") => {
-            return Err(SpecError::refused(format!(
-            "{PATH}Type PostgreSQL is not supported by hydrant yet; MySQL (MySQL 8 and MariaDB) is"
-        )))
-        }
+        Some("PostgreSQL") => Engine::Postgres,
         Some(t) => {
             return Err(SpecError::invalid(format!(
                 "{PATH}Type {t:?} is not one of MySQL, PostgreSQL"
@@ -277,7 +291,13 @@ pub(super) fn parse(d: DatabaseIn, secrets: &Secrets) -> Result<DatabaseSpec, Sp
     })?;
     let wm = dotted(&format!("{PATH}SnapshotWatermarkTable"), &wm, 2, false)?;
     let watermark = (wm[0].clone(), wm[1].clone());
-    if tables.selects(&[&watermark.0, &watermark.1]) && databases.selects(&[&watermark.0]) {
+    // MySQL's watermark table is database.table; PostgreSQL's schema.table
+    // in the captured database.
+    let captured = match engine {
+        Engine::MySql => databases.selects(&[&watermark.0]),
+        Engine::Postgres => true,
+    };
+    if tables.selects(&[&watermark.0, &watermark.1]) && captured {
         return Err(SpecError::refused(format!(
             "{PATH}SnapshotWatermarkTable {}.{} is among the captured tables; exclude it in Tables.Exclude",
             watermark.0, watermark.1
@@ -406,9 +426,33 @@ mod refusals {
     }
 
     #[test]
+    fn postgresql_names_schemas_and_tables_in_one_database() {
+        let mut r = request();
+        let db = &mut r["DatabaseSourceConfiguration"];
+        db["Type"] = json!("PostgreSQL");
+        db["Port"] = json!(5432);
+        db["Tables"] = json!({"Include": ["public.*"]});
+        db["Columns"] = json!({"Exclude": ["public.users.pw"]});
+        db["SurrogateKeys"] = json!([]);
+        // The same schema.table as the captured ones: refused as for MySQL,
+        // whatever the database is called.
+        db["SnapshotWatermarkTable"] = json!("public.wm");
+        let e = parse(&r, &declared()).unwrap_err().to_string();
+        assert!(e.contains("among the captured"), "{e}");
+        r["DatabaseSourceConfiguration"]["SnapshotWatermarkTable"] = json!("hydrant_meta.wm");
+        let s = parse(&r, &declared()).unwrap().source.unwrap();
+        assert_eq!(s.engine, crate::spec::database::Engine::Postgres);
+        assert_eq!(s.databases.literal(), Some("shop"));
+        assert!(s.tables.selects(&["public", "orders"]));
+        assert!(!s.columns.selects(&["public", "users", "pw"]));
+        r["DatabaseSourceConfiguration"]["Databases"] = json!({"Include": ["shop*"]});
+        let s = parse(&r, &declared()).unwrap().source.unwrap();
+        assert_eq!(s.databases.literal(), None);
+    }
+
+    #[test]
     fn what_hydrant_cannot_do_is_refused_by_name() {
         let cases: &[(&str, Value, &str)] = &[
-            ("/DatabaseSourceConfiguration/Type", json!("PostgreSQL"), "PostgreSQL"),
             ("/DatabaseSourceConfiguration/Type", json!("Oracle"), "Type"),
             ("/DatabaseSourceConfiguration/SSLMode", json!("Enabled"), "SSLMode"),
             ("/DatabaseSourceConfiguration/Port", json!(0), "Port"),

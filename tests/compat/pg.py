@@ -3,6 +3,11 @@ postgres, database test, trust auth), read and written with psql, the
 client its users use; and the RedshiftDestinationConfiguration those tests
 create streams with.
 
+`PrivatePostgres` is a PostgreSQL of a test's own (initdb and pg_ctl from
+the installed server packages, in a temporary directory, on a free port),
+for tests that stop, restart or reconfigure their server: the warehouse
+outage tests, and change data capture from PostgreSQL (pgsource.py).
+
 `require_pg()` skips a test loudly when that server cannot be reached, and
 fails it when CI=true. The `warehouse` fixture gives a test its own schema
 (dropped at the end) and unique stream names, whose rows in hydrant's
@@ -10,14 +15,19 @@ ledger (`hydrant.loads`) it deletes at the end: nothing else on the shared
 server is touched.
 """
 
+import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 from decimal import Decimal
 
 import pytest
+
+from conftest import free_port
 
 HOST, PORT, USER, DATABASE = "127.0.0.1", 5432, "postgres", "test"
 JDBC_URL = f"jdbc:postgresql://{HOST}:{PORT}/{DATABASE}"
@@ -200,3 +210,96 @@ def warehouse():
     w = Warehouse()
     yield w
     w.cleanup()
+
+
+# --- a PostgreSQL of the test's own -------------------------------------------
+
+def server_binaries() -> str | None:
+    """The directory of the newest installed PostgreSQL server (initdb,
+    pg_ctl), or None."""
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    version = lambda p: [int(n) for n in re.findall(r"\d+", p.split("/")[4])] or [0]  # noqa: E731
+    initdb = max(found, key=version) if found else shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL of the test's own, from the installed binaries: initdb
+    and pg_ctl run as the postgres user (initdb refuses root), in a
+    temporary directory (its socket there too), listening on 127.0.0.1 on a
+    free port. stop() and start() restart it on the same data; close()
+    stops it and removes the directory.
+
+    `missing(why)` is called when the binaries are not installed (it skips
+    loudly, or fails when CI=true). `settings` are passed to the server as
+    `-c name=value`, after the defaults, so they win over postgresql.conf
+    and ALTER SYSTEM; change them with start(settings=...). `auth_host` is
+    how TCP connections sign in (`trust`, or `scram-sha-256` for
+    passwords); the socket always trusts, so the test itself connects there
+    as postgres. The `databases` are created at the start."""
+
+    def __init__(self, missing, databases=("test",), settings: dict | None = None, auth_host: str = "trust"):
+        self.bin = server_binaries()
+        self.psql = shutil.which("psql")
+        if self.bin is None or self.psql is None:
+            missing("initdb (PostgreSQL's server binaries) or psql is not installed")
+        self.root = tempfile.mkdtemp(prefix="hydrant-pg-", dir="/tmp")
+        os.chmod(self.root, 0o777)
+        self.data = os.path.join(self.root, "data")
+        self.log = os.path.join(self.root, "log")
+        self.port = free_port()
+        self.settings = dict(settings or {})
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+        auth = ["--auth=trust"] if auth_host == "trust" else ["--auth-local=trust", f"--auth-host={auth_host}"]
+        self._run("initdb", "-D", self.data, "-U", "postgres", *auth, "-E", "UTF8")
+        self.start()
+        for db in databases:
+            self.run_sql(f"CREATE DATABASE {db}", db="postgres")
+
+    def _run(self, tool, *args):
+        r = subprocess.run(self.as_user + [os.path.join(self.bin, tool), *args], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {r.stdout}\n{r.stderr}\n{self.server_log()[-2000:]}")
+
+    def start(self, settings: dict | None = None):
+        """Starts the server (again); `settings`, if given, replace those it had."""
+        if settings is not None:
+            self.settings = dict(settings)
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        opts += "".join(f" -c {k}={v}" for k, v in self.settings.items())
+        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", self.log, "-w", "start")
+
+    def stop(self, mode: str = "fast", timeout: int | None = None):
+        """pg_ctl stop in `mode` (fast, immediate), waiting up to `timeout`
+        seconds (pg_ctl's default, 60, if None)."""
+        wait = ["-t", str(timeout)] if timeout is not None else []
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", *wait, "stop")
+
+    def running(self) -> bool:
+        r = subprocess.run(self.as_user + [os.path.join(self.bin, "pg_ctl"), "-D", self.data, "status"],
+                           capture_output=True, text=True, timeout=60)
+        return r.returncode == 0
+
+    def close(self):
+        try:
+            self.stop()
+        except Exception:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def server_log(self) -> str:
+        try:
+            return open(self.log, errors="replace").read()
+        except OSError:
+            return ""
+
+    def run_sql(self, sql: str, db: str = "postgres") -> str:
+        """Runs SQL with psql over the socket, as postgres; its stdout (unaligned, tuples only)."""
+        r = subprocess.run(
+            [self.psql, "-h", self.root, "-p", str(self.port), "-U", "postgres", "-d", db, "-X", "-q", "-At",
+             "-v", "ON_ERROR_STOP=1", "-c", sql],
+            capture_output=True, text=True, timeout=120, env=_env(),
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"psql {sql!r}: {r.stderr}")
+        return r.stdout

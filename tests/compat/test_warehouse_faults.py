@@ -4,17 +4,15 @@ warehouse down for a while, and down for longer than RetryOptions allows
 
 The crash test loads into the shared PostgreSQL (127.0.0.1:5432, a table of
 its own). The outage tests stop a PostgreSQL, so they start a private one
-(initdb and pg_ctl from the installed PostgreSQL, on a free port, in a
-temporary directory) and never touch the shared server.
+(pg.PrivatePostgres: initdb and pg_ctl from the installed PostgreSQL, on a
+free port, in a temporary directory) and never touch the shared server.
 """
 
-import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -23,7 +21,7 @@ from collections import Counter
 import pytest
 
 import pg
-from conftest import free_port, hydrant_bin, wait_for
+from conftest import hydrant_bin, wait_for
 from test_crash import ACKED_PER_KILL, BUCKET, KILLS, PRODUCERS, STREAM, Producer, chaos, check_exactly_once
 
 ROLE = "arn:aws:iam::123456789012:role/firehose"
@@ -51,49 +49,13 @@ def shared_postgres():
     return pg.PORT
 
 
-class PrivatePostgres:
-    """A PostgreSQL of the test's own, from the installed binaries."""
-
-    def __init__(self):
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        initdb = bins[-1] if bins else shutil.which("initdb")
-        if initdb is None or PSQL is None:
-            missing("initdb (PostgreSQL's server binaries) or psql is not installed")
-        self.bin = os.path.dirname(initdb)
-        self.root = tempfile.mkdtemp(prefix="hydrant-pg-", dir="/tmp")
-        os.chmod(self.root, 0o777)
-        self.data = os.path.join(self.root, "data")
-        self.port = free_port()
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
-        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self.start()
-        psql(self.port, "CREATE DATABASE test", db="postgres")
-
-    def _run(self, tool, *args):
-        r = subprocess.run(self.as_user + [os.path.join(self.bin, tool), *args], capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            raise RuntimeError(f"{tool} failed: {r.stdout}\n{r.stderr}")
-
-    def start(self):
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.root, "log"), "-w", "start")
-
-    def stop(self):
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-
-    def close(self):
-        try:
-            self.stop()
-        except Exception:
-            pass
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture
 def private_pg():
-    pg = PrivatePostgres()
-    yield pg
-    pg.close()
+    """A PostgreSQL of the test's own (pg.PrivatePostgres) with database
+    `test`, trust auth; stopped and removed at the end."""
+    server = pg.PrivatePostgres(missing)
+    yield server
+    server.close()
 
 
 def redshift_stream(port, table, retry=3600):

@@ -42,12 +42,15 @@ pub struct TableDef {
 pub struct ColumnDef {
     pub name: String,
     /// `int8` … `uint64`, `decimal`, `float32`, `float64`, `bits`, `text`,
-    /// `bytes`, `date`, `time`, `datetime`, `timestamp`, `year`, `json`.
+    /// `bytes`, `date`, `time` (MySQL's: a duration), `datetime`,
+    /// `timestamp`, `year`, `json`; from PostgreSQL also `bool`, `uuid`,
+    /// `timeofday`, `timetz` and `interval`.
     #[serde(rename = "type")]
     pub kind: String,
 }
 
-/// The source's tables, `database.table` to definition.
+/// The source's tables, `database.table` (PostgreSQL: `schema.table`) to
+/// definition.
 pub type TableDefs = BTreeMap<String, TableDef>;
 
 pub fn read_defs(dir: &Path) -> Result<TableDefs, String> {
@@ -75,6 +78,11 @@ pub fn pg_type(kind: &str) -> &'static str {
         "uint16" | "int24" | "uint24" | "int32" => "integer",
         "uint32" | "int64" => "bigint",
         "uint64" | "bits" => "numeric(20,0)",
+        "bool" => "boolean",
+        "uuid" => "uuid",
+        "timeofday" => "time",
+        "timetz" => "timetz",
+        "interval" => "interval",
         "decimal" => "numeric",
         "float32" => "real",
         "float64" => "double precision",
@@ -136,8 +144,9 @@ pub async fn apply(
     for record in serde_json::Deserializer::from_slice(body).into_iter::<Json>() {
         let record = record.map_err(|e| bad(format!("not a change record: {e}")))?;
         let source = &record["source"];
+        // The table's namespace: PostgreSQL's schema, MySQL's database.
         let (Some(db), Some(table), Some(op)) = (
-            source["db"].as_str(),
+            source["schema"].as_str().or(source["db"].as_str()),
             source["table"].as_str(),
             record["op"].as_str(),
         ) else {

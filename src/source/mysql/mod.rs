@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine as _;
 use futures::{FutureExt, StreamExt};
@@ -36,7 +36,10 @@ use mysql_async::prelude::*;
 use mysql_async::{BinlogStreamRequest, Conn, OptsBuilder, Params, Value};
 use serde_json::{json, Value as Json};
 
-use super::{envelope, now_ms, Change, Ctx, Origin, SnapshotStatus, SourceError};
+use super::{
+    envelope, now_ms, Change, Ctx, Origin, Position, SnapshotStatus, SourceError, CHUNK_ROWS,
+    CONNECT_TIMEOUT, FLUSH_AFTER, FLUSH_BYTES, FLUSH_RECORDS, IDLE_MARK,
+};
 use crate::destination::warehouse::mirror::{write_defs, ColumnDef, TableDef, TableDefs};
 use crate::spec::database::DatabaseSpec;
 use crate::stream::Batch;
@@ -44,19 +47,7 @@ use crate::stream::Batch;
 pub mod value;
 use value::{to_json, Kind};
 
-/// Rows per snapshot chunk.
-const CHUNK_ROWS: usize = 4096;
-/// Changes appended in one write at most (a large transaction is still
-/// appended whole, in one write).
-const FLUSH_RECORDS: u64 = 8192;
-const FLUSH_BYTES: usize = 8 << 20;
-/// The longest a change waits to be appended while the binlog keeps
-/// coming (a busy server never leaves the reader idle).
-const FLUSH_AFTER: Duration = Duration::from_millis(100);
-/// How often the binlog position is recorded when nothing selected changes.
-const IDLE_MARK: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const BINLOG: &str = "binlog";
+pub(super) const BINLOG: &str = "binlog";
 
 fn retry(what: &str) -> impl Fn(mysql_async::Error) -> SourceError + '_ {
     move |e| SourceError::Retry(format!("{what}: {e}"))
@@ -393,24 +384,6 @@ fn binlog_error(e: mysql_async::Error, file: &str, pos: u64) -> SourceError {
     }
 }
 
-/// Asks for a new snapshot: the next start reads the binlog from its end
-/// and every table afresh (see `run`).
-pub(super) async fn request_snapshot(stream: &Arc<crate::stream::Stream>) -> Result<(), String> {
-    let epoch = stream
-        .log
-        .position(BINLOG)
-        .and_then(|p| serde_json::from_str::<Json>(&p).ok())
-        .map_or(0, |j| {
-            j["epoch"].as_u64().or(j["restart"].as_u64()).unwrap_or(0)
-        });
-    let mark = json!({ "restart": epoch + 1 }).to_string();
-    stream
-        .put_marked(Batch::default(), BINLOG, &mark)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("recording the request: {e}"))
-}
-
 /// The checks run when a stream is created, so that a source that cannot
 /// work is refused with what to change.
 pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
@@ -599,19 +572,15 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
             let mut batch = Batch::default();
             let now_ms = now_ms();
             for (i, t) in tables.iter().enumerate() {
-                let change = Change {
-                    op: 't',
-                    db: t.db.clone(),
-                    table: t.name.clone(),
-                    key: Json::Null,
-                    before: Json::Null,
-                    after: Json::Null,
-                };
+                let change = Change::truncate(&t.db, &t.name);
                 let origin = Origin {
                     connector: "mysql",
                     stream: &stream.spec.name,
-                    file: &now.0,
-                    pos: now.1,
+                    database: None,
+                    position: Position::Binlog {
+                        file: &now.0,
+                        pos: now.1,
+                    },
                     row: i,
                     commit_ms: now_ms,
                     xid: None,
@@ -1067,14 +1036,7 @@ impl Reader<'_> {
             };
             if let Some(table) = self.tables.get(&(db, t)).cloned() {
                 self.txn.push(Pending {
-                    change: Change {
-                        op: 't',
-                        db: table.db.clone(),
-                        table: table.name.clone(),
-                        key: Json::Null,
-                        before: Json::Null,
-                        after: Json::Null,
-                    },
+                    change: Change::truncate(&table.db, &table.name),
                     pos: start,
                     row: 0,
                     keys: Vec::new(),
@@ -1113,8 +1075,11 @@ impl Reader<'_> {
             let origin = Origin {
                 connector: "mysql",
                 stream: &name,
-                file: &self.file,
-                pos: p.pos,
+                database: None,
+                position: Position::Binlog {
+                    file: &self.file,
+                    pos: p.pos,
+                },
                 row: p.row,
                 commit_ms,
                 xid,
@@ -1186,8 +1151,11 @@ impl Reader<'_> {
             let origin = Origin {
                 connector: "mysql",
                 stream: &name,
-                file: &self.file,
-                pos: self.pos,
+                database: None,
+                position: Position::Binlog {
+                    file: &self.file,
+                    pos: self.pos,
+                },
                 row: i,
                 commit_ms: now,
                 xid: None,
