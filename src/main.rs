@@ -149,10 +149,20 @@ enum Command {
         /// here 5000) changes/s for --duration-seconds.
         #[arg(long)]
         cdc: Option<String>,
+        /// With --cdc: the source server the bench starts (postgresql:
+        /// initdb and postgres must be installed; wal_level=logical).
+        #[arg(long, value_enum, default_value_t = CdcSource::Mariadb)]
+        cdc_source: CdcSource,
         /// Rows per run for --warehouse and --cdc.
         #[arg(long, default_value_t = 500_000)]
         rows: usize,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CdcSource {
+    Mariadb,
+    Postgresql,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -303,11 +313,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             freshness,
             warehouse,
             cdc,
+            cdc_source,
             rows,
         } => {
             if let Some(url) = cdc {
                 return hydrant::bench::cdc::run(hydrant::bench::cdc::Options {
                     url,
+                    source: match cdc_source {
+                        CdcSource::Mariadb => hydrant::bench::cdc::SourceKind::MariaDb,
+                        CdcSource::Postgresql => hydrant::bench::cdc::SourceKind::Postgres,
+                    },
                     runs,
                     rows,
                     rate: if rate == 0 { 5_000 } else { rate },

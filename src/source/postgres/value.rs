@@ -21,6 +21,10 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("bytea_output", "hex"),
     ("standard_conforming_strings", "on"),
     ("client_encoding", "UTF8"),
+    // hydrant's own writes (the snapshot's watermarks) reach the WAL's
+    // disk at once, so the stream brings them back without waiting for a
+    // server with synchronous_commit=off to flush (up to 200 ms a chunk).
+    ("synchronous_commit", "on"),
 ];
 
 /// [`SESSION_SETTINGS`] as a startup `options` string.
