@@ -213,10 +213,12 @@ def order(c: dict):
 
 
 def replay(records: list[dict]) -> dict:
-    """Applies change records in order: {(db, table): {key-json: row}}."""
+    """Applies change records in order: {(namespace, table): {key-json: row}},
+    the namespace being the database (MySQL) or the schema (PostgreSQL)."""
     tables: dict = {}
     for c in records:
-        t = tables.setdefault((c["source"]["db"], c["source"]["table"]), {})
+        s = c["source"]
+        t = tables.setdefault((s.get("schema", s["db"]), s["table"]), {})
         op = c["op"]
         if op == "t":
             t.clear()

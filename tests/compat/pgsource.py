@@ -37,7 +37,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import pg
-from mariadb import SECRET_ARN, cdc_request
+from mariadb import SECRET_ARN, cdc_request, replay  # noqa: F401 - replay: re-exported for the PostgreSQL tests
 
 USER, PASSWORD = "hydrant", "pg-cdc-secret-pw"
 OWNER = "shop_owner"
@@ -232,23 +232,6 @@ def changes(server, bucket="lake", prefix="cdc/", exact=False) -> list[dict]:
                     out.append(loads(line))
     out.sort(key=order)
     return out
-
-
-def replay(records: list[dict]) -> dict:
-    """Applies change records in order: {(schema, table): {key-json: row}}."""
-    tables: dict = {}
-    for c in records:
-        t = tables.setdefault((c["source"]["schema"], c["source"]["table"]), {})
-        op = c["op"]
-        if op == "t":
-            t.clear()
-            continue
-        if op in ("u", "d") and c["before"] is not None:
-            before_key = {k: c["before"][k] for k in c["key"]}
-            t.pop(json.dumps(before_key, sort_keys=True), None)
-        if op in ("c", "u", "r"):
-            t[json.dumps(c["key"], sort_keys=True)] = c["after"]
-    return tables
 
 
 # --- fixtures -----------------------------------------------------------------
