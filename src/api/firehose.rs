@@ -445,10 +445,7 @@ fn describe(
                     "Table": table,
                     "RequestTimestamp": t.requested_ms as f64 / 1000.0,
                     "RequestedBy": "FIREHOSE",
-                    "Status": match t.snapshot {
-                        crate::source::SnapshotStatus::InProgress => "IN_PROGRESS",
-                        crate::source::SnapshotStatus::Complete => "COMPLETE",
-                    },
+                    "Status": t.snapshot.as_str(),
                 })
             })
             .collect();

@@ -210,10 +210,7 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
                     .map(|(name, t)| {
                         serde_json::json!({
                             "table": name,
-                            "snapshot": match t.snapshot {
-                                crate::source::SnapshotStatus::InProgress => "IN_PROGRESS",
-                                crate::source::SnapshotStatus::Complete => "COMPLETE",
-                            },
+                            "snapshot": t.snapshot.as_str(),
                             "snapshot_rows": t.snapshot_rows,
                             "estimated_rows": t.estimated_rows,
                             "changes": t.changes,

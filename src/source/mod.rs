@@ -67,6 +67,16 @@ pub enum SnapshotStatus {
     Complete,
 }
 
+impl SnapshotStatus {
+    /// As Describe's SnapshotInfo and `/-/streams` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotStatus::InProgress => "IN_PROGRESS",
+            SnapshotStatus::Complete => "COMPLETE",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TableStats {
     pub snapshot: SnapshotStatus,
