@@ -117,6 +117,18 @@ impl SourceStats {
         *self.last_error.lock().unwrap() = Some((m.to_owned(), now_ms()));
     }
 
+    /// A transaction's `n` changes, committed at `commit_ms`, appended at
+    /// `now` (ms).
+    pub(crate) fn committed(&self, n: usize, commit_ms: i64, now: i64) {
+        if n == 0 {
+            return;
+        }
+        self.changes.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_commit_ms.store(commit_ms, Ordering::Relaxed);
+        self.behind_ms
+            .store((now - commit_ms).max(0), Ordering::Relaxed);
+    }
+
     pub(crate) fn table(&self, name: &str, f: impl FnOnce(&mut TableStats)) {
         let mut tables = self.tables.lock().unwrap();
         let t = tables.entry(name.to_owned()).or_insert(TableStats {
@@ -132,6 +144,29 @@ impl SourceStats {
 
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// The watermarks a committed transaction wrote, against a chunk's: its
+/// low one opens the chunk (changes from now on make its rows stale); true
+/// when its high one follows, and the chunk is to be appended.
+pub(crate) fn watermarks(marks: &[String], low: &str, high: &str, open: &mut bool) -> bool {
+    let mut reached = false;
+    for m in marks {
+        if m == low {
+            *open = true;
+        } else if m == high && *open {
+            reached = true;
+        }
+    }
+    reached
+}
+
+/// Whether changes waiting since `since` are due to be appended, though
+/// more keep coming: a full write, or the longest wait (`FLUSH_AFTER`).
+pub(crate) fn flush_due(batch: &crate::stream::Batch, since: Option<std::time::Instant>) -> bool {
+    batch.len() >= FLUSH_RECORDS
+        || batch.data_bytes() as usize >= FLUSH_BYTES
+        || since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
 }
 
 /// What a running source works with.

@@ -37,8 +37,8 @@ use mysql_async::{BinlogStreamRequest, Conn, OptsBuilder, Params, Value};
 use serde_json::{json, Value as Json};
 
 use super::{
-    envelope, now_ms, Change, Ctx, Origin, Position, SnapshotStatus, SourceError, CHUNK_ROWS,
-    CONNECT_TIMEOUT, FLUSH_AFTER, FLUSH_BYTES, FLUSH_RECORDS, IDLE_MARK,
+    envelope, flush_due, now_ms, watermarks, Change, Ctx, Origin, Position, SnapshotStatus,
+    SourceError, CHUNK_ROWS, CONNECT_TIMEOUT, IDLE_MARK,
 };
 use crate::destination::warehouse::mirror::{write_defs, ColumnDef, TableDef, TableDefs};
 use crate::spec::database::DatabaseSpec;
@@ -1091,31 +1091,16 @@ impl Reader<'_> {
                 t.changes += 1
             });
         }
-        if n > 0 {
-            stats.changes.fetch_add(n as u64, Ordering::Relaxed);
-            stats.last_commit_ms.store(commit_ms, Ordering::Relaxed);
-            stats
-                .behind_ms
-                .store((now - commit_ms).max(0), Ordering::Relaxed);
-        }
+        stats.committed(n, commit_ms, now);
         let marks = std::mem::take(&mut self.txn_marks);
-        let mut high = false;
-        if let Some(c) = &mut self.chunk {
-            for m in &marks {
-                if *m == c.low {
-                    c.open = true;
-                } else if *m == c.high && c.open {
-                    high = true;
-                }
-            }
-        }
+        let high = self
+            .chunk
+            .as_mut()
+            .is_some_and(|c| watermarks(&marks, &c.low, &c.high, &mut c.open));
         if high {
             self.flush(true).await?;
             self.emit_chunk().await?;
-        } else if self.batch.len() >= FLUSH_RECORDS
-            || self.batch.data_bytes() as usize >= FLUSH_BYTES
-            || self.batch_since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
-        {
+        } else if flush_due(&self.batch, self.batch_since) {
             self.flush(true).await?;
         } else if self.batch.is_empty() {
             // Nothing waiting: record the position now and then.
