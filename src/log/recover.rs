@@ -181,7 +181,13 @@ pub(super) fn segment(
                     let data = &buf[pos + FRAME_HEADER..pos + n];
                     let (_, producer, position) = parse_mark(data).expect("frame_at parsed it");
                     marks.push((pos, producer.to_owned(), position.to_owned()));
-                    batch = Some((pos, count, records));
+                    // A mark inside a batch still short of records does not
+                    // start a batch of its own: the first unfinished batch
+                    // is where a cut must go, so that cutting there leaves
+                    // no unfinished batch and a second recovery cuts nothing.
+                    if batch.is_none() {
+                        batch = Some((pos, count, records));
+                    }
                     0
                 }
             };
@@ -215,6 +221,14 @@ pub(super) fn segment(
                     before: count,
                 });
                 count += records;
+                // The damage stands for records (a hole, once repaired), and
+                // counts toward a batch as that hole will at the next start.
+                if let Some((_, _, left)) = &mut batch {
+                    *left = left.saturating_sub(records);
+                }
+                if batch.is_some_and(|b| b.2 == 0) {
+                    batch = None;
+                }
                 pos = to;
             }
         }
