@@ -11,7 +11,7 @@ use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::statistics::Statistics;
 use hydrant::destination::lake::parquet::{
-    encode, InferredSchema, ParquetCompression, ParquetOptions, TableSchema,
+    encode, Columns, InferredSchema, ParquetCompression, ParquetOptions, TableSchema,
 };
 
 fn schema(cols: &[(&str, &str)]) -> TableSchema {
@@ -759,4 +759,161 @@ fn records_accepted_by_inference_convert() {
     let (batches, _) = roundtrip(&table, &records, &ParquetOptions::default());
     assert_eq!(batches[0].num_rows(), all.len());
     assert_eq!(show(batches[0].column(0).as_ref(), 1), "2.5");
+}
+
+/// Records of the shapes `check_and_encode_agree` uses, appended to one set
+/// of columns as delivery does: a rejected record, whichever of its values
+/// failed and however deep, leaves no trace, so the columns equal those of
+/// the accepted records alone.
+#[test]
+fn a_rejected_record_leaves_the_columns_as_they_were() {
+    let columns: &[(&str, &str, &[&str])] = &[
+        ("i", "int", &["1", "\"2\"", "2.5", "null"]),
+        ("s", "varchar(2)", &["\"ab\"", "\"abc\"", "12"]),
+        ("d", "decimal(4,1)", &["1.25", "\"-3\"", "99999", "\"x\""]),
+        ("bin", "binary", &["\"AA==\"", "\"A\""]),
+        (
+            "l",
+            "array<array<int>>",
+            &["[]", "[[1], [2, 3]]", "[[1], [\"z\"]]", "[null, []]"],
+        ),
+        (
+            "m",
+            "map<string,struct<x:boolean,y:array<string>>>",
+            &[
+                "{}",
+                "{\"a\":{\"x\":true,\"y\":[\"q\"]}}",
+                "{\"a\":{\"x\":true},\"b\":{\"x\":3}}",
+                "{\"a\":null}",
+            ],
+        ),
+        (
+            "o",
+            "struct<a:array<int>,b:date>",
+            &[
+                "{\"a\":[1],\"b\":\"2020-02-02\"}",
+                "{\"a\":[1, \"z\"]}",
+                "{\"b\":2}",
+                "null",
+            ],
+        ),
+    ];
+    let s = schema(&columns.iter().map(|(n, t, _)| (*n, *t)).collect::<Vec<_>>());
+    let mut rng = Lcg(3);
+    let mut all = Columns::new(&s);
+    let mut accepted = Vec::new();
+    let mut rejected = 0;
+    for _ in 0..500 {
+        let mut fields = Vec::new();
+        for (n, _, values) in columns {
+            if rng.pick(&["in", "in", "out"]) == "in" {
+                fields.push(format!("\"{n}\": {}", rng.pick(values)));
+            }
+        }
+        let r = format!("{{{}}}", fields.join(", "));
+        match all.append(r.as_bytes()) {
+            Ok(()) => accepted.push(r),
+            Err(e) => {
+                assert_eq!(s.check(r.as_bytes()), Err(e));
+                rejected += 1;
+            }
+        }
+    }
+    assert!(
+        rejected > 50 && accepted.len() > 50,
+        "{rejected} rejected, {} accepted",
+        accepted.len()
+    );
+    let mut fresh = Columns::new(&s);
+    for r in &accepted {
+        fresh.append(r.as_bytes()).unwrap();
+    }
+    assert_eq!(all.rows(), accepted.len());
+    assert_eq!(all.finish().unwrap(), fresh.finish().unwrap());
+}
+
+/// Two buffers under one inferred schema, as with two partitions: each
+/// record folds into the schema and goes into its buffer's columns, which
+/// widen as the schema grows. At the end each buffer's columns equal the
+/// columns rebuilt from its records under the final schema, which is what
+/// a redone object is.
+#[test]
+fn inferred_columns_built_as_records_arrive_equal_a_rebuild() {
+    let fields: &[(&str, &[&str])] = &[
+        ("a", &["1", "2.5", "-3", "null", "\"x\""]),
+        ("b", &["\"x\"", "{\"c\":1}", "[1]", "true", "7"]),
+        (
+            "s",
+            &[
+                "{\"x\":1}",
+                "{\"y\":\"z\"}",
+                "{\"x\":2.5,\"w\":[true]}",
+                "null",
+                "{\"X\":\"no\"}",
+            ],
+        ),
+        ("l", &["[1, 2]", "[]", "[1.5]", "[{\"k\":1}]", "[null]"]),
+        ("t", &["true", "false", "\"yes\""]),
+    ];
+    let mut rng = Lcg(11);
+    let mut inf = InferredSchema::new();
+    let mut buffers = [Columns::new(&inf.table()), Columns::new(&inf.table())];
+    let mut accepted: [Vec<String>; 2] = [vec![], vec![]];
+    let mut rejected = 0;
+    for i in 0..600 {
+        let mut present = Vec::new();
+        for (n, values) in fields {
+            if rng.pick(&["in", "out"]) == "in" {
+                present.push(format!("\"{n}\": {}", rng.pick(values)));
+            }
+        }
+        let r = format!("{{{}}}", present.join(", "));
+        let before = inf.clone();
+        match inf.append(r.as_bytes(), &mut buffers[i % 2]) {
+            Ok(()) => accepted[i % 2].push(r),
+            Err(_) => {
+                assert_eq!(inf, before, "a rejected record leaves the schema as it was");
+                rejected += 1;
+            }
+        }
+    }
+    let table = inf.table();
+    let types: Vec<String> = table.columns().into_iter().map(|(_, t)| t).collect();
+    assert!(rejected > 20, "{rejected} rejected");
+    assert!(types.iter().any(|t| t == "double"), "{types:?}");
+    assert!(
+        types
+            .iter()
+            .any(|t| t.starts_with("struct<") && t.contains(',')),
+        "{types:?}"
+    );
+    for (columns, records) in buffers.into_iter().zip(&accepted) {
+        let mut columns = columns;
+        inf.conform(&mut columns);
+        let mut rebuilt = Columns::new(&table);
+        for r in records {
+            rebuilt.append(r.as_bytes()).unwrap();
+        }
+        assert_eq!(columns.finish().unwrap(), rebuilt.finish().unwrap());
+    }
+}
+
+#[test]
+fn inference_refuses_what_no_column_could_hold() {
+    let mut inf = InferredSchema::new();
+    let mut columns = Columns::new(&inf.table());
+    // A double past f64's range would be infinity: refused, not inferred.
+    assert_eq!(
+        inf.observe(br#"{"x": 1e999}"#).unwrap_err(),
+        "field `x`: 1e999 is out of range for a double"
+    );
+    // A record that gives no column while there is none: a Parquet file needs one.
+    assert!(inf
+        .append(br#"{"x": null, "y": []}"#, &mut columns)
+        .unwrap_err()
+        .contains("no column can be inferred"));
+    inf.append(br#"{"x": 1}"#, &mut columns).unwrap();
+    // Once there is one, such a record is a row of nulls.
+    inf.append(br#"{}"#, &mut columns).unwrap();
+    assert_eq!(columns.rows(), 2);
 }

@@ -279,6 +279,9 @@ impl TypeParser<'_> {
 /// Column and field names compare like the OpenX SerDe compares them with
 /// JSON keys: ignoring case (Unicode lowercase, like Java's toLowerCase).
 pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
     if a.is_ascii() && b.is_ascii() {
         return a.eq_ignore_ascii_case(b);
     }

@@ -5,7 +5,10 @@
 //! offset and routes each record to a buffer: the stream's one buffer, or,
 //! with dynamic partitioning, the buffer of the record's partition (its
 //! evaluated partition keys); records that cannot be routed go to an error
-//! buffer as Firehose error documents (see `route`). A buffer becomes one
+//! buffer as Firehose error documents (see `route`). A stream that converts
+//! to Parquet converts each record into its buffer's columns as it is
+//! routed (one parse, and the failure known at once); other buffers hold the
+//! records' bytes. A buffer becomes one
 //! object when it reaches SizeInMBs (measured before compression) or when
 //! its oldest record has waited IntervalInSeconds, whichever comes first.
 //!
@@ -64,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::destination::lake::encode::{self, Records};
-use crate::destination::lake::parquet;
+use crate::destination::lake::parquet::{self, Columns, ParquetWriter};
 use crate::destination::{Destination, Kind, Object};
 use crate::log::{Log, LogError, LogReader};
 use crate::spec::{Compression, Format, ParquetSchema, StreamSpec};
@@ -235,33 +238,56 @@ struct Buffer {
     target: Target,
     first: u64,
     end: u64,
+    /// The records (or error documents) back to back, and where each ends;
+    /// empty when the records are converted into `columns` instead.
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// A Parquet stream's data records, converted as they were routed.
+    columns: Option<Columns>,
+    /// Bytes of the records taken, as they came (SizeInMBs counts these).
+    input: usize,
     oldest_ms: i64,
 }
 
 impl Buffer {
-    fn new(target: Target, first: u64) -> Buffer {
+    fn new(target: Target, first: u64, columns: Option<Columns>) -> Buffer {
         Buffer {
             target,
             first,
             end: first,
             bytes: Vec::new(),
             ends: Vec::new(),
+            columns,
+            input: 0,
             oldest_ms: i64::MAX,
         }
+    }
+
+    /// Counts a record taken (its bytes kept, or converted already).
+    fn took(&mut self, offset: u64, arrival_ms: i64, len: usize) {
+        self.input += len;
+        self.oldest_ms = self.oldest_ms.min(arrival_ms);
+        self.end = offset + 1;
     }
 
     fn push(&mut self, offset: u64, arrival_ms: i64, data: &[u8]) {
         self.bytes.extend_from_slice(data);
         self.ends.push(self.bytes.len());
-        self.oldest_ms = self.oldest_ms.min(arrival_ms);
-        self.end = offset + 1;
+        self.took(offset, arrival_ms, data.len());
     }
 
-    /// Bytes the object will hold before compression.
+    fn records(&self) -> usize {
+        self.columns.as_ref().map_or(self.ends.len(), Columns::rows)
+    }
+
+    /// Bytes the object will hold before compression (before conversion).
     fn size(&self, delimiter: bool) -> usize {
-        self.bytes.len() + if delimiter { self.ends.len() } else { 0 }
+        self.input + if delimiter { self.ends.len() } else { 0 }
+    }
+
+    /// Memory the buffer holds.
+    fn held(&self) -> usize {
+        self.bytes.len() + self.columns.as_ref().map_or(0, Columns::held)
     }
 }
 
@@ -339,6 +365,23 @@ fn object<'a>(key: &'a str, b: &'a Buffer, body: &'a [u8]) -> Object<'a> {
     }
 }
 
+/// Sends record `offset` to the error output, and records that it did.
+fn divert(
+    st: &mut State,
+    offset: u64,
+    output_type: &str,
+    code: &str,
+    message: String,
+) -> (Target, Option<Diversion>) {
+    let d = Diversion {
+        output_type: output_type.into(),
+        code: code.into(),
+        message,
+    };
+    st.diverted.insert(offset, d.clone());
+    (Target::Error(d.output_type.clone()), Some(d))
+}
+
 impl Delivery {
     /// Starts the delivery thread; the receiver resolves when it has
     /// delivered everything after `stop` turned true.
@@ -390,6 +433,8 @@ impl Delivery {
 
     /// Routes one record: its buffer, and the diversion if it goes to the
     /// error output. Decisions below `decided_upto` come from the state.
+    /// (Whether a record fits a Parquet schema is decided in `take`, by
+    /// converting it.)
     fn decide(
         &self,
         st: &mut State,
@@ -401,15 +446,6 @@ impl Delivery {
             return (Target::Error(d.output_type.clone()), Some(d.clone()));
         }
         let fresh = offset >= st.decided_upto;
-        let divert = |st: &mut State, output_type: &str, code: &str, message: String| {
-            let d = Diversion {
-                output_type: output_type.into(),
-                code: code.into(),
-                message,
-            };
-            st.diverted.insert(offset, d.clone());
-            (Target::Error(d.output_type.clone()), Some(d))
-        };
         let values = match &self.spec.partition {
             None => vec![],
             Some(q) => match q.eval(data) {
@@ -417,6 +453,7 @@ impl Delivery {
                 Err(e) => {
                     return divert(
                         st,
+                        offset,
                         "processing-failed",
                         "DynamicPartitioning.MetadataExtractionFailed",
                         e,
@@ -424,27 +461,6 @@ impl Delivery {
                 }
             },
         };
-        if fresh {
-            let fit = match &self.spec.format {
-                Format::Raw => Ok(()),
-                Format::Parquet {
-                    schema: ParquetSchema::Declared(t),
-                    ..
-                } => t.check(data),
-                Format::Parquet {
-                    schema: ParquetSchema::Inferred,
-                    ..
-                } => st.schema.get_or_insert_with(Default::default).observe(data),
-            };
-            if let Err(e) = fit {
-                return divert(
-                    st,
-                    "format-conversion-failed",
-                    "DataFormatConversion.MalformedData",
-                    e,
-                );
-            }
-        }
         let target = Target::Data(values);
         if let (true, Some(open), Some(_)) = (fresh, open, &self.spec.partition) {
             let active = open
@@ -454,6 +470,7 @@ impl Delivery {
             if active >= self.max_partitions && !open.contains_key(&target.id()) {
                 return divert(
                     st,
+                    offset,
                     "processing-failed",
                     "DynamicPartitioning.ActivePartitionsLimitExceeded",
                     format!("{} partitions are open, the most a stream may have (delivery.max_active_partitions)", self.max_partitions),
@@ -461,6 +478,65 @@ impl Delivery {
             }
         }
         (target, None)
+    }
+
+    /// The columns a new buffer of `target` converts into, for a stream
+    /// that converts to Parquet.
+    fn columns(&self, st: &State, target: &Target) -> Option<Columns> {
+        match (&self.spec.format, target) {
+            (Format::Parquet { schema, .. }, Target::Data(_)) => {
+                Some(Columns::new(&match schema {
+                    ParquetSchema::Declared(t) => t.clone(),
+                    ParquetSchema::Inferred => st.schema.clone().unwrap_or_default().table(),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Converts a record into its buffer's columns; on a fresh record's
+    /// failure, says why. A replayed record converted once already, so it
+    /// must again.
+    fn convert(
+        &self,
+        st: &mut State,
+        b: &mut Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Result<(), String>, DeliveryError> {
+        let fresh = offset >= st.decided_upto;
+        let columns = b.columns.as_mut().expect("a converting buffer");
+        let converted = match (&self.spec.format, fresh) {
+            (
+                Format::Parquet {
+                    schema: ParquetSchema::Inferred,
+                    ..
+                },
+                true,
+            ) => st
+                .schema
+                .get_or_insert_with(Default::default)
+                .append(data, columns),
+            (
+                Format::Parquet {
+                    schema: ParquetSchema::Inferred,
+                    ..
+                },
+                false,
+            ) => {
+                st.schema
+                    .get_or_insert_with(Default::default)
+                    .conform(columns);
+                columns.append(data)
+            }
+            _ => columns.append(data),
+        };
+        match converted {
+            Err(e) if !fresh => Err(DeliveryError::Encode(format!(
+                "record {offset} converted when it was routed, but not on replay: {e}"
+            ))),
+            r => Ok(r),
+        }
     }
 
     /// Adds a record to its buffer, unless it is in the lake already.
@@ -471,15 +547,46 @@ impl Delivery {
         offset: u64,
         arrival_ms: i64,
         data: &[u8],
-    ) -> Option<String> {
-        let (target, diversion) = self.decide(st, offset, data, Some(buffers));
-        let id = target.id();
+    ) -> Result<Option<String>, DeliveryError> {
+        let (mut target, mut diversion) = self.decide(st, offset, data, Some(buffers));
+        let mut id = target.id();
+        if diversion.is_none() && matches!(self.spec.format, Format::Parquet { .. }) {
+            if st.delivered.get(&id).is_some_and(|end| offset < *end) {
+                return Ok(None);
+            }
+            let columns = match buffers.contains_key(&id) {
+                true => None,
+                false => self.columns(st, &target),
+            };
+            let b = buffers
+                .entry(id.clone())
+                .or_insert_with(|| Buffer::new(target.clone(), offset, columns));
+            match self.convert(st, b, offset, data)? {
+                Ok(()) => {
+                    b.took(offset, arrival_ms, data.len());
+                    return Ok(Some(id));
+                }
+                Err(e) => {
+                    if b.records() == 0 {
+                        buffers.remove(&id);
+                    }
+                    (target, diversion) = divert(
+                        st,
+                        offset,
+                        "format-conversion-failed",
+                        "DataFormatConversion.MalformedData",
+                        e,
+                    );
+                    id = target.id();
+                }
+            }
+        }
         if st.delivered.get(&id).is_some_and(|end| offset < *end) {
-            return None;
+            return Ok(None);
         }
         let b = buffers
             .entry(id.clone())
-            .or_insert_with(|| Buffer::new(target, offset));
+            .or_insert_with(|| Buffer::new(target, offset, None));
         match diversion {
             Some(d) => {
                 b.push(
@@ -491,7 +598,7 @@ impl Delivery {
             }
             None => b.push(offset, arrival_ms, data),
         }
-        Some(id)
+        Ok(Some(id))
     }
 
     fn run(
@@ -522,7 +629,9 @@ impl Delivery {
                 };
                 read += 1;
                 // `e` borrows the reader's buffer; it is copied once, into its buffer.
-                if let Some(id) = self.take(&mut st, &mut buffers, e.offset, e.arrival_ms, e.data) {
+                if let Some(id) =
+                    self.take(&mut st, &mut buffers, e.offset, e.arrival_ms, e.data)?
+                {
                     let b = &buffers[&id];
                     if b.size(self.delimiter(&b.target)) >= limit {
                         self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
@@ -539,10 +648,10 @@ impl Delivery {
             for id in due {
                 self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
             }
-            while buffers.values().map(|b| b.bytes.len()).sum::<usize>() > MAX_BUFFERED_BYTES {
+            while buffers.values().map(Buffer::held).sum::<usize>() > MAX_BUFFERED_BYTES {
                 let largest = buffers
                     .iter()
-                    .max_by_key(|(_, b)| b.bytes.len())
+                    .max_by_key(|(_, b)| b.held())
                     .map(|(id, _)| id.clone())
                     .unwrap();
                 self.flush(
@@ -648,7 +757,7 @@ impl Delivery {
         read_position: u64,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), DeliveryError> {
-        let b = buffers.remove(id).expect("flushing an open buffer");
+        let mut b = buffers.remove(id).expect("flushing an open buffer");
         let low_water = |buffers: &BTreeMap<String, Buffer>| {
             buffers
                 .values()
@@ -687,7 +796,7 @@ impl Delivery {
         self.retry(rt, stop, "saving the delivery state", || {
             save_state(&self.dir, st)
         })?;
-        let body = self.encode(&b, &pending)?;
+        let body = self.encode(st, &mut b, &pending)?;
         self.write(rt, &object(&pending.key, &b, &body), stop)?;
         st.delivered.insert(id.to_string(), b.end);
         st.pending = None;
@@ -699,9 +808,9 @@ impl Delivery {
         let s = &self.stats;
         s.committed_offset.store(st.committed, Ordering::Relaxed);
         s.objects.fetch_add(1, Ordering::Relaxed);
-        s.records.fetch_add(b.ends.len() as u64, Ordering::Relaxed);
+        s.records.fetch_add(b.records() as u64, Ordering::Relaxed);
         s.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        tracing::debug!(stream = %self.spec.name, key = %pending.key, records = b.ends.len(), "delivered");
+        tracing::debug!(stream = %self.spec.name, key = %pending.key, records = b.records(), "delivered");
         if let Err(e) = self.log.remove_before(st.committed) {
             tracing::warn!(stream = %self.spec.name, error = %e, "could not remove delivered log segments; will retry after the next object");
         }
@@ -710,34 +819,62 @@ impl Delivery {
 
     /// The bytes of a buffer's object: Parquet for a converting stream's
     /// data, else records (or error documents) as lines, compressed.
-    fn encode(&self, b: &Buffer, p: &Pending) -> Result<Vec<u8>, DeliveryError> {
-        let records = Records {
-            bytes: &b.bytes,
-            ends: &b.ends,
+    fn encode(
+        &self,
+        st: &mut State,
+        b: &mut Buffer,
+        p: &Pending,
+    ) -> Result<Vec<u8>, DeliveryError> {
+        let failed = DeliveryError::Encode;
+        let options = match (&self.spec.format, &b.target) {
+            (Format::Parquet { options, .. }, Target::Data(_)) => options,
+            _ => {
+                let records = Records {
+                    bytes: &b.bytes,
+                    ends: &b.ends,
+                };
+                return Ok(encode::compress(
+                    encode::json_lines(&records, p.append_delimiter),
+                    p.compression,
+                ));
+            }
         };
-        match (&self.spec.format, &b.target) {
-            (Format::Parquet { schema, options }, Target::Data(_)) => {
-                let table = match (schema, &p.columns) {
-                    (ParquetSchema::Declared(t), _) => t.clone(),
-                    (ParquetSchema::Inferred, Some(cols)) => {
-                        parquet::TableSchema::from_columns(cols).map_err(DeliveryError::Encode)?
-                    }
-                    (ParquetSchema::Inferred, None) => {
-                        return Err(DeliveryError::Encode(
-                            "no schema recorded for the object".into(),
-                        ))
-                    }
+        let mut columns = match b.columns.take() {
+            Some(c) => c,
+            // A redone object: its records converted once, so they do again.
+            None => {
+                let table = match (&self.spec.format, &p.columns) {
+                    (
+                        Format::Parquet {
+                            schema: ParquetSchema::Declared(t),
+                            ..
+                        },
+                        _,
+                    ) => t.clone(),
+                    (_, Some(cols)) => parquet::TableSchema::from_columns(cols).map_err(failed)?,
+                    (_, None) => return Err(failed("no schema recorded for the object".into())),
+                };
+                let records = Records {
+                    bytes: &b.bytes,
+                    ends: &b.ends,
                 };
                 let rows: Vec<&[u8]> = records.iter().collect();
-                // Every record passed the schema when it was routed, so this
-                // cannot fail but for a bug; stop rather than drop data.
-                parquet::encode(&table, &rows, options).map_err(DeliveryError::Encode)
+                return parquet::encode(&table, &rows, options).map_err(failed);
             }
-            _ => Ok(encode::compress(
-                encode::json_lines(&records, p.append_delimiter),
-                p.compression,
-            )),
+        };
+        if let Some(schema) = &st.schema {
+            schema.conform(&mut columns);
         }
+        if let Some(cols) = &p.columns {
+            if columns.schema().columns() != *cols {
+                return Err(failed(format!(
+                    "the object's columns are not the schema recorded for it ({cols:?})"
+                )));
+            }
+        }
+        let mut writer = ParquetWriter::new(columns.schema(), options).map_err(failed)?;
+        writer.write(columns).map_err(failed)?;
+        writer.finish().map_err(failed)
     }
 
     /// Writes an object, retrying with backoff until the destination takes it.
@@ -806,7 +943,7 @@ impl Delivery {
             if target.id() != p.buffer {
                 continue;
             }
-            let b = buffer.get_or_insert_with(|| Buffer::new(target, offset));
+            let b = buffer.get_or_insert_with(|| Buffer::new(target, offset, None));
             match diversion {
                 Some(d) => b.push(offset, arrival, &route::error_document(&d, arrival, data)),
                 None => b.push(offset, arrival, data),
@@ -824,8 +961,8 @@ impl Delivery {
             }
             .into());
         }
-        let b = buffer.unwrap_or_else(|| Buffer::new(Target::Data(vec![]), p.first));
-        let body = self.encode(&b, &p)?;
+        let mut b = buffer.unwrap_or_else(|| Buffer::new(Target::Data(vec![]), p.first, None));
+        let body = self.encode(st, &mut b, &p)?;
         self.write(rt, &object(&p.key, &b, &body), stop)?;
         st.delivered.insert(p.buffer.clone(), p.end);
         st.pending = None;

@@ -2,8 +2,10 @@
 //!
 //! - `store`: where each bucket lives, and atomic writes to it;
 //! - `encode`: records into JSON lines, compressed;
-//! - `parquet`: records into Parquet, with a declared or inferred schema.
+//! - `parquet`: records into Parquet, with a declared or inferred schema;
+//! - `columns`: the columns of one Parquet object, built a record at a time.
 
+pub mod columns;
 pub mod encode;
 pub mod parquet;
 pub mod store;
