@@ -153,7 +153,15 @@ enum Command {
         /// initdb and postgres must be installed; wal_level=logical).
         #[arg(long, value_enum, default_value_t = CdcSource::Mariadb)]
         cdc_source: CdcSource,
-        /// Rows per run for --warehouse and --cdc.
+        /// Instead: measure JSON → Parquet conversion of --rows records
+        /// on one core, beside DuckDB and pyarrow on the same file.
+        #[arg(long)]
+        convert: bool,
+        /// With --convert: the Python that has duckdb and pyarrow
+        /// (default: .venv/bin/python when present, else python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Rows per run for --warehouse, --cdc and --convert.
         #[arg(long, default_value_t = 500_000)]
         rows: usize,
     },
@@ -314,8 +322,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             warehouse,
             cdc,
             cdc_source,
+            convert,
+            python,
             rows,
         } => {
+            if convert {
+                return hydrant::bench::convert::run(hydrant::bench::convert::Options {
+                    rows,
+                    runs,
+                    python,
+                })
+                .await;
+            }
             if let Some(url) = cdc {
                 return hydrant::bench::cdc::run(hydrant::bench::cdc::Options {
                     url,

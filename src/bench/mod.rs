@@ -30,6 +30,7 @@ use anyhow::Context;
 use crate::client::{batch_body, Firehose};
 
 pub mod cdc;
+pub mod convert;
 pub mod warehouse;
 
 pub struct BenchOptions {
@@ -417,7 +418,7 @@ async fn one_run(opts: &BenchOptions, t: &Target) -> anyhow::Result<RunResult> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return f64::NAN;
