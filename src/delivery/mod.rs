@@ -506,28 +506,19 @@ impl Delivery {
     ) -> Result<Result<(), String>, DeliveryError> {
         let fresh = offset >= st.decided_upto;
         let columns = b.columns.as_mut().expect("a converting buffer");
-        let converted = match (&self.spec.format, fresh) {
-            (
-                Format::Parquet {
-                    schema: ParquetSchema::Inferred,
-                    ..
-                },
-                true,
-            ) => st
-                .schema
-                .get_or_insert_with(Default::default)
-                .append(data, columns),
-            (
-                Format::Parquet {
-                    schema: ParquetSchema::Inferred,
-                    ..
-                },
-                false,
-            ) => {
-                st.schema
-                    .get_or_insert_with(Default::default)
-                    .conform(columns);
-                columns.append(data)
+        let converted = match &self.spec.format {
+            Format::Parquet {
+                schema: ParquetSchema::Inferred,
+                ..
+            } => {
+                let schema = st.schema.get_or_insert_with(Default::default);
+                if fresh {
+                    schema.append(data, columns)
+                } else {
+                    // Replayed: the schema holds this record's fields already.
+                    schema.conform(columns);
+                    columns.append(data)
+                }
             }
             _ => columns.append(data),
         };
@@ -554,13 +545,9 @@ impl Delivery {
             if st.delivered.get(&id).is_some_and(|end| offset < *end) {
                 return Ok(None);
             }
-            let columns = match buffers.contains_key(&id) {
-                true => None,
-                false => self.columns(st, &target),
-            };
             let b = buffers
                 .entry(id.clone())
-                .or_insert_with(|| Buffer::new(target.clone(), offset, columns));
+                .or_insert_with(|| Buffer::new(target.clone(), offset, self.columns(st, &target)));
             match self.convert(st, b, offset, data)? {
                 Ok(()) => {
                     b.took(offset, arrival_ms, data.len());

@@ -624,19 +624,7 @@ impl Column {
             }
             (H::Struct(fields), Data::Struct(children)) => {
                 let mut values = Vec::new();
-                let parsed = match kind(raw) {
-                    Kind::Object => {
-                        let mut de = serde_json::Deserializer::from_str(raw.get());
-                        SlotsSeed {
-                            names: fields,
-                            slots: &mut values,
-                        }
-                        .deserialize(&mut de)
-                        .is_ok()
-                    }
-                    _ => false,
-                };
-                if !parsed {
+                if kind(raw) != Kind::Object || slots(raw.get(), fields, &mut values).is_err() {
                     return Err(reject(""));
                 }
                 for ((name, _), (c, v)) in fields.iter().zip(children.iter_mut().zip(values)) {
@@ -712,21 +700,7 @@ impl Column {
                 self.data = Data::F64(v.iter().map(|&x| x as f64).collect());
             }
             (Data::List { child, .. }, H::Array(t)) => child.widen(t),
-            (Data::Struct(children), H::Struct(fields)) => {
-                for (i, (_, t)) in fields.iter().enumerate() {
-                    match children.get_mut(i) {
-                        Some(c) => c.widen(t),
-                        None => {
-                            let mut c = Column::new(t);
-                            for _ in 0..rows {
-                                // Offsets of a new column cannot pass 2 GiB.
-                                let _ = c.push_null();
-                            }
-                            children.push(c);
-                        }
-                    }
-                }
-            }
+            (Data::Struct(children), H::Struct(fields)) => widen_all(children, fields, rows),
             _ => unreachable!("inference only widens bigint and extends structs"),
         }
         self.ty = ty.clone();
@@ -841,6 +815,25 @@ impl Column {
     }
 }
 
+/// Widens `columns` (of a table or a struct, `rows` long) to `types`,
+/// which keep the columns' order and may add columns after them: those
+/// start as `rows` nulls.
+fn widen_all(columns: &mut Vec<Column>, types: &[(String, HiveType)], rows: usize) {
+    for (i, (_, t)) in types.iter().enumerate() {
+        match columns.get_mut(i) {
+            Some(c) => c.widen(t),
+            None => {
+                let mut c = Column::new(t);
+                for _ in 0..rows {
+                    // Offsets of a column of nulls stay 0: this cannot fail.
+                    let _ = c.push_null();
+                }
+                columns.push(c);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Columns
 
@@ -909,18 +902,7 @@ impl Columns {
 
     /// Follows the inferred schema to `schema`, which extends this one.
     pub(super) fn widen(&mut self, schema: &TableSchema, generation: u64) {
-        for (i, (_, t)) in schema.hive().iter().enumerate() {
-            match self.columns.get_mut(i) {
-                Some(c) => c.widen(t),
-                None => {
-                    let mut c = Column::new(t);
-                    for _ in 0..self.rows {
-                        let _ = c.push_null();
-                    }
-                    self.columns.push(c);
-                }
-            }
-        }
+        widen_all(&mut self.columns, schema.hive(), self.rows);
         self.schema = schema.clone();
         self.generation = generation;
     }
