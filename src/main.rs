@@ -157,13 +157,23 @@ enum Command {
         /// on one core, beside DuckDB and pyarrow on the same file.
         #[arg(long)]
         convert: bool,
-        /// With --convert: the Python that has duckdb and pyarrow
+        /// Instead: measure `SELECT count(*), sum(v)` through POST /-/query
+        /// over --files small JSON-lines objects (--rows in all, default
+        /// here 60000), cold, repeated and after one more object, beside
+        /// DuckDB on the same files.
+        #[arg(long)]
+        query: bool,
+        /// With --query: how many objects.
+        #[arg(long, default_value_t = 300)]
+        files: usize,
+        /// With --convert and --query: the Python that has the peers
         /// (default: .venv/bin/python when present, else python3).
         #[arg(long)]
         python: Option<PathBuf>,
-        /// Rows per run for --warehouse, --cdc and --convert.
-        #[arg(long, default_value_t = 500_000)]
-        rows: usize,
+        /// Rows per run for --warehouse, --cdc and --convert (default
+        /// 500000), and in all for --query.
+        #[arg(long)]
+        rows: Option<usize>,
     },
 }
 
@@ -323,9 +333,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cdc,
             cdc_source,
             convert,
+            query,
+            files,
             python,
             rows,
         } => {
+            if query {
+                return hydrant::bench::query::run(hydrant::bench::query::Options {
+                    files,
+                    rows: rows.unwrap_or(60_000),
+                    runs,
+                    python,
+                })
+                .await;
+            }
+            let rows = rows.unwrap_or(500_000);
             if convert {
                 return hydrant::bench::convert::run(hydrant::bench::convert::Options {
                     rows,

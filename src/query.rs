@@ -3,10 +3,13 @@
 //!
 //! A [`Lake`] knows each stream's directory and format. Tables are resolved
 //! when a query names them, never earlier, so a query sees everything
-//! delivered so far: files are listed for each query (DataFusion's list-files
-//! cache is turned off), and a JSON stream's schema is re-derived from its
-//! current files. That derivation reads each file once: per-file schemas are
-//! cached by path, size and modification time.
+//! delivered so far: a table's files are listed once for each query, and
+//! the scan reads exactly that listing. A table without a declared schema
+//! has its files' schemas merged; each file's schema is learned once (a
+//! JSON-lines object inferred from its records, a Parquet object's read from
+//! its footer by range reads) and kept across queries by path, size and
+//! modification time ([`Known`]), so a query reads only the files delivered
+//! since the last.
 //!
 //! Table names: a stream is queryable under its own name (quoted when it has
 //! `-` or `.`: `"my-event-staging"`) and under an alias with `-` and `.`
@@ -66,7 +69,6 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::object_store::{self, local::LocalFileSystem, path::Path, ObjectStore};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
@@ -147,6 +149,7 @@ pub struct Limits {
     timeout: std::time::Duration,
     max_rows: usize,
     max_bytes: usize,
+    known: Arc<Known>,
 }
 
 /// The query runtime, shut down without waiting when hydrant stops (a
@@ -191,7 +194,13 @@ impl Limits {
             timeout: std::time::Duration::from_secs(c.timeout_seconds),
             max_rows: c.max_result_rows,
             max_bytes: c.max_result_mb << 20,
+            known: Arc::default(),
         })
+    }
+
+    /// What the queries so far have learned of the lake's files.
+    pub fn known(&self) -> &Known {
+        &self.known
     }
 
     /// Runs one read-only query over `tables` on the query threads, within
@@ -213,11 +222,11 @@ impl Limits {
             .as_ref()
             .expect("the query runtime lives as long as its limits")
             .handle();
-        let pool = self.pool.clone();
+        let (pool, known) = (self.pool.clone(), self.known.clone());
         let (max_rows, max_bytes, memory_mb) = (self.max_rows, self.max_bytes, self.memory_mb);
         let sql = sql.to_string();
         let task = AbortOnDrop(handle.spawn(async move {
-            let lake = Lake::build(tables, Some(pool)).await?;
+            let lake = Lake::build(tables, Some(pool), known).await?;
             lake.run(&sql, max_rows, max_bytes).await
         }));
         let timeout = self.timeout;
@@ -328,12 +337,19 @@ pub struct Lake {
 
 impl Lake {
     pub async fn new(tables: Vec<TableDef>) -> Result<Lake, QueryError> {
-        Lake::build(tables, None).await
+        Lake::build(tables, None, Arc::default()).await
+    }
+
+    /// A lake that keeps what it learns of its files' schemas in `known`,
+    /// for the lakes after it (one is made per query; see [`Known`]).
+    pub async fn knowing(tables: Vec<TableDef>, known: Arc<Known>) -> Result<Lake, QueryError> {
+        Lake::build(tables, None, known).await
     }
 
     async fn build(
         tables: Vec<TableDef>,
         pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
+        known: Arc<Known>,
     ) -> Result<Lake, QueryError> {
         for (i, t) in tables.iter().enumerate() {
             if t.name.is_empty() {
@@ -346,10 +362,11 @@ impl Lake {
                 )));
             }
         }
-        // No list-files cache: files delivered after this point must be
-        // seen by the next query. The Parquet footer cache stays: it is
-        // checked against each file's size and modification time.
-        let cache = CacheManagerConfig::default().with_list_files_cache_limit(0);
+        // The list-files cache holds each table's listing as its schema was
+        // made from it, so the scan reads exactly the files the schema covers
+        // and lists nothing again. Each query that names the table lists it
+        // afresh and replaces the entry, so it sees what was delivered since.
+        let cache = CacheManagerConfig::default().with_list_files_cache_limit(1 << 40);
         let mut runtime = RuntimeEnvBuilder::new().with_cache_manager(cache);
         if let Some(pool) = pool {
             runtime = runtime.with_memory_pool(pool);
@@ -369,7 +386,7 @@ impl Lake {
         let schema = LakeSchema {
             tables: tables.into_iter().map(Arc::new).collect(),
             runtime,
-            file_schemas: Default::default(),
+            known,
         };
         let catalog = ctx
             .catalog("datafusion")
@@ -558,7 +575,7 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 struct LakeSchema {
     tables: Vec<Arc<TableDef>>,
     runtime: Arc<RuntimeEnv>,
-    file_schemas: Arc<FileSchemas>,
+    known: Arc<Known>,
 }
 
 impl fmt::Debug for LakeSchema {
@@ -608,13 +625,18 @@ impl LakeSchema {
             .iter()
             .map(|c| (c.clone(), DataType::Utf8))
             .collect();
+        let mut local = None;
         let store: Option<Arc<dyn ObjectStore>> = match &def.remote {
             Some(r) => Some(r.clone()),
             None => match std::fs::canonicalize(&def.location) {
-                Ok(root) => Some(Arc::new(
-                    LocalFileSystem::new_with_prefix(&root)
-                        .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
-                )),
+                Ok(root) => {
+                    let fs = Arc::new(
+                        LocalFileSystem::new_with_prefix(&root)
+                            .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
+                    );
+                    local = Some(fs.clone());
+                    Some(fs)
+                }
                 Err(_) => None,
             },
         };
@@ -644,7 +666,11 @@ impl LakeSchema {
                 compression: JsonCompression::Snappy
             }
         );
-        let store = Arc::new(VisibleFiles(store, snappy));
+        let store: Arc<dyn ObjectStore> = Arc::new(VisibleFiles {
+            store,
+            snappy,
+            local,
+        });
         let url = ObjectStoreUrl::parse(format!("hydrant-lake://t{index}"))?;
         self.runtime
             .register_object_store(url.as_ref(), store.clone());
@@ -657,8 +683,19 @@ impl LakeSchema {
         };
         let file_schema = match &def.schema {
             Some(s) => s.clone(),
-            None => infer_schema(&def, store.as_ref(), files, &self.file_schemas).await?,
+            None => infer_schema(&def, store.clone(), &files, &self.known).await?,
         };
+        // The scan takes the files from this listing (the table's key in
+        // the list-files cache is its name in this lake).
+        let name = datafusion::common::TableReference::bare(format!("t{index}"));
+        if let Some(cache) = self.runtime.cache_manager.get_list_files_cache() {
+            use datafusion::execution::cache::cache_manager::{CachedFileList, TableScopedPath};
+            let key = TableScopedPath {
+                table: Some(name.clone()),
+                path: Path::default(),
+            };
+            cache.put(&key, CachedFileList::new(files));
+        }
         // A partition value wins over a data field of the same name.
         let fields: Vec<_> = file_schema
             .fields()
@@ -669,10 +706,11 @@ impl LakeSchema {
         let options = ListingOptions::new(format)
             .with_file_extension(def.file_extension.clone())
             .with_table_partition_cols(partitions);
-        let config =
-            ListingTableConfig::new(ListingTableUrl::parse(format!("hydrant-lake://t{index}/"))?)
-                .with_listing_options(options)
-                .with_schema(Arc::new(Schema::new(fields)));
+        let config = ListingTableConfig::new(
+            ListingTableUrl::parse(format!("hydrant-lake://t{index}/"))?.with_table_ref(name),
+        )
+        .with_listing_options(options)
+        .with_schema(Arc::new(Schema::new(fields)));
         Ok(Arc::new(ListingTable::try_new(config)?))
     }
 }
@@ -748,85 +786,255 @@ async fn list_files(
     Ok(out)
 }
 
-type FileSchemas = Mutex<HashMap<String, (u64, String, SchemaRef)>>;
+/// What queries learn about the lake's files and keep for the next: each
+/// file's schema, known by the file's path, size and modification time, so
+/// a JSON-lines object is inferred once and a Parquet footer read once. A
+/// table's schema is then merged from its files' distinct schemas, which a
+/// stream's files mostly share, without reading any file it has seen.
+///
+/// Bounded: a table's entries are those of its latest listing (files gone
+/// from the lake are forgotten), and at most [`MAX_KNOWN_FILES`] files are
+/// kept in all; past that the other tables are forgotten first, and a table
+/// larger than the bound alone is inferred again on each query.
+pub struct Known {
+    tables: Mutex<HashMap<String, KnownTable>>,
+    max_files: usize,
+    /// Files read, and bytes fetched, to learn schemas.
+    reads: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
 
+impl Default for Known {
+    fn default() -> Known {
+        Known::bounded(MAX_KNOWN_FILES)
+    }
+}
+
+/// Files whose schemas are kept, over all tables.
+pub const MAX_KNOWN_FILES: usize = 200_000;
+
+/// The most of a Parquet file's end read for its footer.
+pub const MAX_FOOTER_BYTES: u64 = 64 << 20;
+
+#[derive(Default)]
+struct KnownTable {
+    schemas: Vec<SchemaRef>,
+    /// Path → size, modification time, index into `schemas`.
+    files: HashMap<Path, (u64, chrono::DateTime<chrono::Utc>, usize)>,
+}
+
+impl Known {
+    /// Keeps at most `max_files` files' schemas.
+    pub fn bounded(max_files: usize) -> Known {
+        Known {
+            tables: Mutex::default(),
+            max_files,
+            reads: Default::default(),
+            bytes: Default::default(),
+        }
+    }
+
+    /// Files read and bytes fetched to learn schemas so far.
+    pub fn reads(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.reads.load(Relaxed), self.bytes.load(Relaxed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, KnownTable>> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The table's schema merged from its files', in listing order: columns
+/// that appear only in later files are added, and so on (see the module
+/// documentation).
 async fn infer_schema(
     def: &TableDef,
-    store: &dyn ObjectStore,
-    files: Vec<object_store::ObjectMeta>,
-    cache: &FileSchemas,
+    store: Arc<dyn ObjectStore>,
+    files: &[object_store::ObjectMeta],
+    known: &Known,
 ) -> Result<SchemaRef, DataFusionError> {
-    use object_store::ObjectStoreExt;
-    let mut merged: Vec<Field> = Vec::new();
-    for meta in files {
-        let key = format!("{}/{}", def.location.display(), meta.location);
-        let stamp = (meta.size, meta.last_modified.to_rfc3339());
-        let cached = cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .filter(|c| (c.0, &c.1) == (stamp.0, &stamp.1))
-            .map(|c| c.2.clone());
-        let schema = match cached {
-            Some(s) => s,
+    // The format is part of the key: a stream deleted and made again in
+    // another format reads the same directory differently.
+    let key = format!("{:?} {}", def.format, def.location.display());
+    // Each file's schema: known, or to be learned (by index into `files`).
+    let mut schemas: Vec<Option<SchemaRef>> = {
+        let tables = known.lock();
+        let table = tables.get(&key);
+        files
+            .iter()
+            .map(|m| {
+                let t = table?;
+                let &(size, modified, i) = t.files.get(&m.location)?;
+                ((size, modified) == (m.size, m.last_modified)).then(|| t.schemas[i].clone())
+            })
+            .collect()
+    };
+    let missing: Vec<usize> = (0..files.len()).filter(|&i| schemas[i].is_none()).collect();
+    let learned: Vec<(usize, Schema)> = futures::stream::iter(missing)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let meta = &files[i];
+                file_schema(def.format, store, meta, known)
+                    .await
+                    .map(|s| (i, s))
+                    .map_err(|e| {
+                        DataFusionError::Execution(format!(
+                            "table `{}`: {}: {e}",
+                            def.name, meta.location
+                        ))
+                    })
+            }
+        })
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+
+    // Remember what was learned; the table's entries become its listing's.
+    let mut tables = known.lock();
+    let others: usize = tables
+        .iter()
+        .filter(|(k, _)| **k != key)
+        .map(|(_, t)| t.files.len())
+        .sum();
+    if others + files.len() > known.max_files {
+        tables.retain(|k, _| *k == key);
+    }
+    let mut table = tables.remove(&key).unwrap_or_default();
+    for (i, schema) in learned {
+        let at = match table.schemas.iter().position(|s| **s == schema) {
+            Some(at) => at,
             None => {
-                let named = |e: &dyn fmt::Display| {
-                    DataFusionError::Execution(format!(
-                        "table `{}`: {}: {e}",
-                        def.name, meta.location
-                    ))
-                };
-                let bytes = store
-                    .get(&meta.location)
-                    .await
-                    .map_err(|e| named(&e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| named(&e))?;
-                let format = def.format;
-                let s = Arc::new(
-                    tokio::task::spawn_blocking(move || file_schema(format, bytes))
-                        .await
-                        .map_err(|e| named(&e))?
-                        .map_err(|e| named(&e))?,
-                );
-                cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, (stamp.0, stamp.1, s.clone()));
-                s
+                table.schemas.push(Arc::new(schema));
+                table.schemas.len() - 1
             }
         };
+        table.files.insert(
+            files[i].location.clone(),
+            (files[i].size, files[i].last_modified, at),
+        );
+        schemas[i] = Some(table.schemas[at].clone());
+    }
+    // Which distinct schema each listed file has, the first file with it.
+    let mut order: Vec<(usize, &SchemaRef)> = Vec::new();
+    for (i, s) in schemas.iter().enumerate() {
+        let s = s.as_ref().expect("every file's schema is known or learned");
+        if !order.iter().any(|(_, o)| Arc::ptr_eq(o, s) || ***o == **s) {
+            order.push((i, s));
+        }
+    }
+    // Merging a schema again changes nothing, so the distinct ones suffice.
+    let mut merged: Vec<Field> = Vec::new();
+    for (i, schema) in &order {
         for field in schema.fields() {
             merge_field(&mut merged, field).map_err(|e| {
-                DataFusionError::Plan(format!("table `{}`: {e} (in {})", def.name, meta.location))
+                DataFusionError::Plan(format!(
+                    "table `{}`: {e} (in {})",
+                    def.name, files[*i].location
+                ))
             })?;
         }
+    }
+    let listed: std::collections::HashSet<&Path> = files.iter().map(|m| &m.location).collect();
+    table.files.retain(|p, _| listed.contains(p));
+    if table.files.len() <= known.max_files {
+        let used: std::collections::HashSet<usize> = table.files.values().map(|v| v.2).collect();
+        if used.len() < table.schemas.len() {
+            // Drop schemas no file has any more, keeping the indexes right.
+            let mut remap = vec![usize::MAX; table.schemas.len()];
+            let mut kept = Vec::new();
+            for (i, s) in table.schemas.drain(..).enumerate() {
+                if used.contains(&i) {
+                    remap[i] = kept.len();
+                    kept.push(s);
+                }
+            }
+            table.schemas = kept;
+            for v in table.files.values_mut() {
+                v.2 = remap[v.2];
+            }
+        }
+        tables.insert(key, table);
     }
     Ok(Arc::new(Schema::new(merged)))
 }
 
-fn file_schema(format: TableFormat, bytes: bytes::Bytes) -> Result<Schema, DataFusionError> {
-    match format {
+/// One file's schema: a Parquet file's from its footer, read by ranges from
+/// the end; a JSON-lines file's from every record.
+async fn file_schema(
+    format: TableFormat,
+    store: Arc<dyn ObjectStore>,
+    meta: &object_store::ObjectMeta,
+    known: &Known,
+) -> Result<Schema, DataFusionError> {
+    use object_store::ObjectStoreExt;
+    use std::sync::atomic::Ordering::Relaxed;
+    known.reads.fetch_add(1, Relaxed);
+    let fetched = |n: usize| known.bytes.fetch_add(n as u64, Relaxed);
+    let object = |e: object_store::Error| DataFusionError::ObjectStore(Box::new(e));
+    let compression = match format {
+        TableFormat::JsonLines { compression } => compression,
         TableFormat::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-            Ok(builder.schema().as_ref().clone())
-        }
-        TableFormat::JsonLines { compression } => {
-            // Every record of the file: a field first seen late still counts.
-            use bytes::Buf;
-            let reader: Box<dyn std::io::Read + Send> = match compression {
-                // The table's store has decompressed it already.
-                JsonCompression::Snappy => Box::new(bytes.reader()),
-                c => compression_type(c).convert_read(bytes.reader())?,
+            use datafusion::parquet::arrow::arrow_reader::{
+                ArrowReaderMetadata, ArrowReaderOptions,
             };
-            let values =
-                serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter::<Value>();
-            Ok(infer_json_schema_from_iterator(values.map(|v| {
-                v.map_err(|e| ArrowError::JsonError(e.to_string()))
-            }))?)
+            use datafusion::parquet::errors::ParquetError;
+            use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+            let size = meta.size;
+            // Most footers fit the first read; a larger one says how much.
+            let mut want = size.min(64 << 10);
+            let metadata = loop {
+                let tail = store
+                    .get_range(&meta.location, size - want..size)
+                    .await
+                    .map_err(object)?;
+                fetched(tail.len());
+                let mut reader = ParquetMetaDataReader::new();
+                match reader.try_parse_sized(&tail, size) {
+                    Ok(()) => break reader.finish()?,
+                    Err(ParquetError::NeedMoreData(n)) if (n as u64) > want => {
+                        if n as u64 > MAX_FOOTER_BYTES {
+                            return Err(DataFusionError::Execution(format!(
+                                "its footer is {n} bytes; at most {MAX_FOOTER_BYTES} are read"
+                            )));
+                        }
+                        want = n as u64;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let arrow =
+                ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())?;
+            return Ok(arrow.schema().as_ref().clone());
         }
-    }
+    };
+    let bytes = store
+        .get(&meta.location)
+        .await
+        .map_err(object)?
+        .bytes()
+        .await
+        .map_err(object)?;
+    fetched(bytes.len());
+    tokio::task::spawn_blocking(move || -> Result<Schema, DataFusionError> {
+        // Every record of the file: a field first seen late still counts.
+        use bytes::Buf;
+        let reader: Box<dyn std::io::Read + Send> = match compression {
+            // The table's store has decompressed it already.
+            JsonCompression::Snappy => Box::new(bytes.reader()),
+            c => compression_type(c).convert_read(bytes.reader())?,
+        };
+        let values =
+            serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter::<Value>();
+        Ok(infer_json_schema_from_iterator(values.map(|v| {
+            v.map_err(|e| ArrowError::JsonError(e.to_string()))
+        }))?)
+    })
+    .await
+    .map_err(|e| DataFusionError::Execution(e.to_string()))?
 }
 
 fn merge_field(fields: &mut Vec<Field>, new: &Field) -> Result<(), String> {
@@ -872,11 +1080,65 @@ fn merge_type(a: &DataType, b: &DataType) -> Option<DataType> {
 /// The local file system below one table's directory, without the files and
 /// directories whose names start with '.' or '_'. Read-only.
 #[derive(Debug)]
-struct VisibleFiles(Arc<dyn ObjectStore>, /* snappy */ bool);
+struct VisibleFiles {
+    store: Arc<dyn ObjectStore>,
+    /// Files are Snappy-framed: each is handed out decompressed.
+    snappy: bool,
+    /// The store when it is the local file system.
+    local: Option<Arc<LocalFileSystem>>,
+}
+
+impl VisibleFiles {
+    /// A whole local file, opened on the calling thread: an open is
+    /// microseconds, while handing it to a blocking thread and back (what
+    /// the local store does) costs more than that for every small object.
+    fn open_whole(
+        local: &LocalFileSystem,
+        location: &Path,
+    ) -> object_store::Result<object_store::GetResult> {
+        use std::os::unix::fs::MetadataExt;
+        let path = local.path_to_filesystem(location)?;
+        let failed = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => object_store::Error::NotFound {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            },
+            _ => object_store::Error::Generic {
+                store: "lake",
+                source: Box::new(e),
+            },
+        };
+        let file = std::fs::File::open(&path).map_err(failed)?;
+        let m = file.metadata().map_err(failed)?;
+        if m.is_dir() {
+            return Err(failed(std::io::ErrorKind::NotFound.into()));
+        }
+        let modified: chrono::DateTime<chrono::Utc> = m.modified().map_err(failed)?.into();
+        let meta = object_store::ObjectMeta {
+            location: location.clone(),
+            last_modified: modified,
+            size: m.len(),
+            // The local store's own tag: inode, modification time, size.
+            e_tag: Some(format!(
+                "{:x}-{:x}-{:x}",
+                m.ino(),
+                modified.timestamp_micros().max(0),
+                m.len()
+            )),
+            version: None,
+        };
+        Ok(object_store::GetResult {
+            range: 0..meta.size,
+            meta,
+            attributes: Default::default(),
+            payload: object_store::GetResultPayload::File(file, path.clone()),
+        })
+    }
+}
 
 impl fmt::Display for VisibleFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VisibleFiles({})", self.0)
+        write!(f, "VisibleFiles({})", self.store)
     }
 }
 
@@ -930,11 +1192,23 @@ impl ObjectStore for VisibleFiles {
         'b: 'c,
         Self: 'c,
     {
-        if !self.1 {
-            return self.0.get_opts(location, options);
+        let o = &options;
+        let whole = o.range.is_none()
+            && !o.head
+            && o.version.is_none()
+            && o.if_match.is_none()
+            && o.if_none_match.is_none()
+            && o.if_modified_since.is_none()
+            && o.if_unmodified_since.is_none();
+        if let (Some(local), true, false) = (&self.local, whole, self.snappy) {
+            let r = VisibleFiles::open_whole(local, location);
+            return Box::pin(async move { r });
+        }
+        if !self.snappy {
+            return self.store.get_opts(location, options);
         }
         Box::pin(async move {
-            let r = self.0.get_opts(location, options).await?;
+            let r = self.store.get_opts(location, options).await?;
             let (mut meta, attributes) = (r.meta.clone(), r.attributes.clone());
             let packed = r.bytes().await?;
             let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<bytes::Bytes> {
@@ -975,7 +1249,7 @@ impl ObjectStore for VisibleFiles {
         &self,
         prefix: Option<&Path>,
     ) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.0
+        self.store
             .list(prefix)
             .filter(|m| std::future::ready(m.as_ref().map_or(true, |m| visible(&m.location))))
             .boxed()
@@ -991,7 +1265,7 @@ impl ObjectStore for VisibleFiles {
         Self: 'c,
     {
         Box::pin(async move {
-            let mut result = self.0.list_with_delimiter(prefix).await?;
+            let mut result = self.store.list_with_delimiter(prefix).await?;
             result.common_prefixes.retain(visible);
             result.objects.retain(|m| visible(&m.location));
             Ok(result)

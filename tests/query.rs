@@ -8,7 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use hydrant::destination::lake::parquet::{encode, InferredSchema, ParquetOptions, TableSchema};
 use hydrant::query::{
-    to_csv, to_json, to_table, JsonCompression, Lake, QueryError, TableDef, TableFormat,
+    to_csv, to_json, to_table, JsonCompression, Known, Lake, QueryError, TableDef, TableFormat,
 };
 use serde_json::{json, Value};
 
@@ -712,4 +712,185 @@ async fn results_time_and_memory_are_bounded_with_the_limit_named() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("query.memory_mb"), "{err}");
+}
+
+/// A query the way the server runs one: a lake of its own, knowing what
+/// the queries before it learned.
+async fn fresh(table: TableDef, known: &Arc<Known>, sql: &str) -> Vec<Value> {
+    let lake = Lake::knowing(vec![table], known.clone()).await.unwrap();
+    rows(&lake, sql).await
+}
+
+/// Each object's schema is learned once; the table's follows its objects
+/// as they are added, replaced and removed.
+#[tokio::test]
+async fn file_schemas_are_learned_once_and_follow_the_files() {
+    let tmp = TempDir::new("known");
+    let dir = tmp.0.join("s");
+    for n in 0..3 {
+        write(
+            &firehose_key(&dir, 10, n, ""),
+            format!("{{\"a\":{n}}}\n").as_bytes(),
+        );
+    }
+    let known = Arc::new(Known::default());
+    let t = || json_table("s", &dir);
+    assert_eq!(
+        fresh(t(), &known, "SELECT sum(a) FROM s").await,
+        [json!([3])]
+    );
+    assert_eq!(known.reads().0, 3);
+    assert_eq!(
+        fresh(t(), &known, "SELECT sum(a) FROM s").await,
+        [json!([3])]
+    );
+    assert_eq!(known.reads().0, 3, "a repeated query reads no schema");
+
+    write(&firehose_key(&dir, 11, 3, ""), br#"{"a":5,"b":"x"}"#);
+    assert_eq!(
+        fresh(t(), &known, "SELECT sum(a), count(b) FROM s").await,
+        [json!([8, 1])]
+    );
+    assert_eq!(known.reads().0, 4, "only the new object is read");
+
+    // Replaced in place with other fields: read anew.
+    write(&firehose_key(&dir, 10, 0, ""), br#"{"a":10,"c":true}"#);
+    assert_eq!(
+        fresh(t(), &known, "SELECT sum(a), count(b), count(c) FROM s").await,
+        [json!([18, 1, 1])]
+    );
+    assert_eq!(known.reads().0, 5);
+
+    // Removed: its column goes with it.
+    std::fs::remove_file(firehose_key(&dir, 11, 3, "")).unwrap();
+    let columns = "SELECT column_name FROM information_schema.columns \
+                   WHERE table_name = 's' ORDER BY column_name";
+    assert_eq!(
+        fresh(t(), &known, columns).await,
+        [json!(["a"]), json!(["c"])]
+    );
+    assert_eq!(known.reads().0, 5);
+}
+
+/// The server's queries share what they learn.
+#[tokio::test]
+async fn queries_through_limits_share_what_they_learn() {
+    let tmp = TempDir::new("known-limits");
+    let dir = tmp.0.join("s");
+    for n in 0..4 {
+        write(
+            &firehose_key(&dir, 10, n, ""),
+            format!("{{\"a\":{n}}}\n").as_bytes(),
+        );
+    }
+    let l = limits(|_| {});
+    for _ in 0..3 {
+        let batches = l
+            .run(vec![json_table("s", &dir)], "SELECT sum(a) FROM s")
+            .await
+            .unwrap();
+        assert_eq!(to_json(&batches)["rows"], json!([[6]]));
+    }
+    assert_eq!(l.known().reads().0, 4);
+}
+
+/// A Parquet object's schema is read from its footer, not the whole file.
+#[tokio::test]
+async fn parquet_schemas_come_from_footers_by_range_reads() {
+    let tmp = TempDir::new("footer");
+    let dir = tmp.0.join("p");
+    let schema = table_schema(&[("id", "bigint"), ("pad", "string")]);
+    let records: Vec<String> = (0..100_000)
+        .map(|i| {
+            format!(
+                r#"{{"id":{i},"pad":"{:032x}"}}"#,
+                (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    let body = parquet(&schema, &refs);
+    assert!(body.len() > 1 << 20, "a file of {} bytes", body.len());
+    write(&dir.join("part-0.parquet"), &body);
+    let known = Arc::new(Known::default());
+    assert_eq!(
+        fresh(
+            parquet_table("p", &dir, None),
+            &known,
+            "SELECT count(*), max(id) FROM p"
+        )
+        .await,
+        [json!([100_000, 99_999])]
+    );
+    let (files, bytes) = known.reads();
+    assert_eq!(files, 1);
+    assert!(
+        bytes <= 64 << 10 && (bytes as usize) < body.len() / 10,
+        "{bytes} bytes read for the schema of a {}-byte file",
+        body.len()
+    );
+}
+
+/// A footer past the bound is refused by name, without reading it.
+#[tokio::test]
+async fn an_oversized_parquet_footer_is_refused() {
+    use std::io::{Seek, SeekFrom};
+    let tmp = TempDir::new("footer-big");
+    let dir = tmp.0.join("p");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A sparse 70 MiB file whose trailer claims a 66 MiB footer.
+    let mut f = std::fs::File::create(dir.join("big.parquet")).unwrap();
+    f.set_len(70 << 20).unwrap();
+    f.seek(SeekFrom::End(-8)).unwrap();
+    f.write_all(&(66u32 << 20).to_le_bytes()).unwrap();
+    f.write_all(b"PAR1").unwrap();
+    drop(f);
+    let known = Arc::new(Known::default());
+    let lake = Lake::knowing(vec![parquet_table("p", &dir, None)], known.clone())
+        .await
+        .unwrap();
+    let e = lake
+        .sql("SELECT count(*) FROM p")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("big.parquet") && e.contains("footer") && e.contains("67108864"),
+        "{e}"
+    );
+    assert!(known.reads().1 <= 64 << 10, "{:?}", known.reads());
+}
+
+/// What is kept is bounded: other tables are forgotten first, and a table
+/// larger than the bound alone is read again each time, still answering.
+#[tokio::test]
+async fn known_schemas_are_bounded() {
+    let tmp = TempDir::new("known-bound");
+    let (a, b) = (tmp.0.join("a"), tmp.0.join("b"));
+    for n in 0..2 {
+        write(&firehose_key(&a, 10, n, ""), b"{\"x\":1}\n");
+    }
+    write(&firehose_key(&b, 10, 0, ""), b"{\"x\":2}\n");
+    let known = Arc::new(Known::bounded(2));
+    let q = |t: &str| format!("SELECT sum(x) FROM {t}");
+    let mut reads = Vec::new();
+    for (dir, name, want) in [(&a, "a", 2), (&a, "a", 2), (&b, "b", 2), (&a, "a", 2)] {
+        assert_eq!(
+            fresh(json_table(name, dir), &known, &q(name)).await,
+            [json!([want])]
+        );
+        reads.push(known.reads().0);
+    }
+    // b pushed a out; a coming back pushed b out.
+    assert_eq!(reads, [2, 2, 3, 5]);
+    write(&firehose_key(&a, 10, 2, ""), b"{\"x\":1}\n");
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(
+            fresh(json_table("a", &a), &known, &q("a")).await,
+            [json!([3])]
+        );
+        reads.push(known.reads().0);
+    }
+    assert_eq!(reads, [6, 9, 12]);
 }

@@ -112,8 +112,10 @@ fn hydrant(records: &[&[u8]], declared: Option<&TableSchema>) -> anyhow::Result<
     })
 }
 
-fn python(o: &Options) -> PathBuf {
-    o.python.clone().unwrap_or_else(|| {
+/// The Python that runs a peer's script: `--python`, else the project's
+/// virtualenv when present, else `python3`.
+pub(super) fn python(explicit: &Option<PathBuf>) -> PathBuf {
+    explicit.clone().unwrap_or_else(|| {
         let venv = Path::new(".venv/bin/python");
         if venv.exists() {
             venv.to_path_buf()
@@ -127,7 +129,7 @@ fn python(o: &Options) -> PathBuf {
 fn peers(o: &Options, dir: &Path, src: &Path) -> anyhow::Result<serde_json::Value> {
     let script = dir.join("convert.py");
     std::fs::write(&script, include_str!("convert.py"))?;
-    let py = python(o);
+    let py = python(&o.python);
     let out = std::process::Command::new(&py)
         .arg(&script)
         .arg(src)

@@ -31,6 +31,7 @@ use crate::client::{batch_body, Firehose};
 
 pub mod cdc;
 pub mod convert;
+pub mod query;
 pub mod warehouse;
 
 pub struct BenchOptions {
