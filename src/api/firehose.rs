@@ -239,21 +239,29 @@ async fn put_record_batch(
         r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
     )
     .unwrap();
-    for (i, size) in sizes.iter().enumerate() {
+    // Runs of taken records, then each failed one.
+    let mut i = 0;
+    while i < sizes.len() {
         if i > 0 {
             out.push(',');
         }
-        if *size > MAX_RECORD_BYTES {
-            let msg = serde_json::to_string(&too_big(*size)).unwrap();
-            write!(
-                out,
-                r#"{{"ErrorCode":"InvalidArgumentException","ErrorMessage":{msg}}}"#
-            )
-            .unwrap();
-        } else {
-            write!(out, r#"{{"RecordId":"{}"}}"#, stream.record_id(offset)).unwrap();
-            offset += 1;
+        let run = sizes[i..]
+            .iter()
+            .take_while(|s| **s <= MAX_RECORD_BYTES)
+            .count();
+        if run > 0 {
+            stream.push_record_ids(&mut out, offset, run, r#"{"RecordId":""#, r#""}"#);
+            offset += run as u64;
+            i += run;
+            continue;
         }
+        let msg = serde_json::to_string(&too_big(sizes[i])).unwrap();
+        write!(
+            out,
+            r#"{{"ErrorCode":"InvalidArgumentException","ErrorMessage":{msg}}}"#
+        )
+        .unwrap();
+        i += 1;
     }
     out.push_str("]}");
     Ok(out.into_bytes())

@@ -33,8 +33,18 @@ pub enum WireError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordIn<'a> {
-    #[serde(rename = "Data", borrow)]
+    /// Borrowed from the body unless the JSON string has escapes (`\/`).
+    #[serde(rename = "Data", borrow, deserialize_with = "borrowed")]
+    #[serde(default)]
     pub data: Option<Cow<'a, str>>,
+}
+
+/// serde borrows a `Cow<str>` field only when the field is exactly that
+/// type; inside an `Option` it would copy every record's text.
+fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
 #[derive(Deserialize)]
@@ -89,4 +99,20 @@ pub fn frame(
             base64::engine::general_purpose::STANDARD.decode_vec(data, buf)
         })
         .map_err(|e| WireError::Base64(format!("{field} is not valid base64: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data is read in place unless its JSON text has escapes.
+    #[test]
+    fn data_is_borrowed_from_the_body() {
+        let body = br#"{"DeliveryStreamName":"s","Records":[{"Data":"aGk="},{"Data":"a\/8="},{"Data":null},{}]}"#;
+        let req: PutRecordBatchIn = serde_json::from_slice(body).unwrap();
+        let data: Vec<_> = req.records.unwrap().into_iter().map(|r| r.data).collect();
+        assert!(matches!(&data[0], Some(Cow::Borrowed("aGk="))));
+        assert!(matches!(&data[1], Some(Cow::Owned(s)) if s == "a/8="));
+        assert!(data[2].is_none() && data[3].is_none());
+    }
 }
