@@ -1,6 +1,6 @@
 //! The running state of one aggregate: open windows, closed results, watermark, counters.
 
-use std::collections::{hash_map, BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -98,6 +98,33 @@ pub struct Snapshot {
     pub windows: Vec<WindowResult>,
 }
 
+/// (start, end, group key) of changed windows, in that order; a key already
+/// there is found without being copied.
+#[derive(Default)]
+struct Dirty(BTreeMap<(i64, i64), BTreeSet<String>>);
+
+impl Dirty {
+    fn insert(&mut self, start: i64, end: i64, key: &str) {
+        let keys = self.0.entry((start, end)).or_default();
+        if !keys.contains(key) {
+            keys.insert(key.to_string());
+        }
+    }
+
+    fn remove(&mut self, start: i64, end: i64, key: &str) {
+        if let Some(keys) = self.0.get_mut(&(start, end)) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.0.remove(&(start, end));
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// A record reduced to what the windows need.
 struct Row {
     t: i64,
@@ -134,8 +161,8 @@ pub struct Aggregator {
     closed: BTreeMap<(i64, i64, String), Cell>,
     /// Keys into `closed` not yet returned by `advance`.
     pending: Vec<(i64, i64, String)>,
-    /// (start, end, group key) of windows changed since the last `take_updates`.
-    dirty: BTreeSet<(i64, i64, String)>,
+    /// Windows changed since the last `take_updates`.
+    dirty: Dirty,
     late: u64,
     overflow: u64,
     invalid: BTreeMap<&'static str, u64>,
@@ -187,7 +214,7 @@ impl Aggregator {
             session_ends: BTreeSet::new(),
             closed: BTreeMap::new(),
             pending: Vec::new(),
-            dirty: BTreeSet::new(),
+            dirty: Dirty::default(),
             late: 0,
             overflow: 0,
             invalid: BTreeMap::new(),
@@ -416,7 +443,7 @@ impl Aggregator {
             self.closed = self
                 .closed
                 .split_off(&(cutoff + 1, i64::MIN, String::new()));
-            self.dirty.retain(|(_, end, _)| *end > cutoff);
+            self.dirty.0.retain(|(_, end), _| *end > cutoff);
             if let WindowKind::Session { gap_ms } = self.plan.kind {
                 // A group with nothing open whose last session ended over a gap ago can only
                 // see late records, which the watermark alone already rejects.
@@ -474,7 +501,12 @@ impl Aggregator {
     /// (closed ones included, until pruned), sorted by (start, group).
     pub fn take_updates(&mut self) -> Vec<WindowResult> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.iter().filter_map(|k| self.current(k)).collect()
+        dirty
+            .0
+            .into_iter()
+            .flat_map(|((start, end), keys)| keys.into_iter().map(move |k| (start, end, k)))
+            .filter_map(|k| self.current(&k))
+            .collect()
     }
 
     fn parse(&self, obj: &Map<String, Value>, arrival_ms: i64) -> Result<Row, InvalidReason> {
@@ -502,7 +534,8 @@ impl Aggregator {
             .collect::<Result<_, _>>()?;
         Ok(Row {
             t,
-            key: Value::Array(group.clone()).to_string(),
+            // The same text as `Value::Array(group).to_string()`.
+            key: serde_json::to_string(&group).expect("JSON values serialize"),
             group,
             inputs,
         })
@@ -532,20 +565,21 @@ impl Aggregator {
         for start in starts {
             let window = self.fixed.entry(start).or_default();
             let full = window.len() >= self.plan.max_groups;
-            let cell = match window.entry(row.key.clone()) {
-                hash_map::Entry::Occupied(e) => e.into_mut(),
-                hash_map::Entry::Vacant(_) if full => {
+            // Most records land in a group that exists: no key is copied then.
+            let cell = match window.get_mut(&row.key) {
+                Some(cell) => cell,
+                None if full => {
                     outcome = Ingested::Overflow;
                     continue;
                 }
-                hash_map::Entry::Vacant(e) => {
+                None => {
                     let mut cell = Cell::new(row.group.clone(), &self.plan.measures);
                     cell.incomplete = start < complete_from;
-                    e.insert(cell)
+                    window.entry(row.key.clone()).or_insert(cell)
                 }
             };
             cell.add(&row.inputs);
-            self.dirty.insert((start, start + size, row.key.clone()));
+            self.dirty.insert(start, start + size, &row.key);
         }
         outcome
     }
@@ -581,7 +615,7 @@ impl Aggregator {
         for s in touching {
             let end = s.last + gap;
             self.session_ends.remove(&(end, key.clone(), s.start));
-            self.dirty.remove(&(s.start, end, key.clone()));
+            self.dirty.remove(s.start, end, key);
             merged.start = merged.start.min(s.start);
             merged.last = merged.last.max(s.last);
             merged.cell.merge(&s.cell);
@@ -590,7 +624,7 @@ impl Aggregator {
         merged.cell.add(&row.inputs);
         let end = merged.last + gap;
         self.session_ends.insert((end, key.clone(), merged.start));
-        self.dirty.insert((merged.start, end, key.clone()));
+        self.dirty.insert(merged.start, end, key);
         group.open.push(merged);
         Ingested::Added
     }
