@@ -381,12 +381,26 @@ impl Aggregator {
         &self.name
     }
 
+    /// The top-level fields of a record that this aggregate reads.
+    pub fn fields(&self) -> impl Iterator<Item = &str> + '_ {
+        let time = match &self.plan.time {
+            TimeSource::Field(path, _) => Some(path),
+            TimeSource::Arrival => None,
+        };
+        self.plan
+            .groups
+            .iter()
+            .map(|(_, path)| path)
+            .chain(self.plan.measures.iter().filter_map(|m| m.path.as_ref()))
+            .chain(time)
+            .filter_map(|path| path.first().map(String::as_str))
+    }
+
     /// Feeds one record that arrived at `arrival_ms` (ms since the epoch).
     pub fn ingest(&mut self, record: &[u8], arrival_ms: i64) -> Ingested {
-        match serde_json::from_slice(record) {
-            Ok(Value::Object(obj)) => self.ingest_object(Some(&obj), arrival_ms),
-            _ => self.ingest_object(None, arrival_ms),
-        }
+        let wanted: Vec<&str> = self.fields().collect();
+        let obj = super::project(record, &wanted);
+        self.ingest_object(obj.as_ref(), arrival_ms)
     }
 
     /// Feeds a record already parsed (`None`: not a JSON object), so several

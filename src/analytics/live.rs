@@ -443,11 +443,16 @@ impl Task {
             return;
         }
         let mut aggs = self.sa.aggregators.lock().unwrap();
+        // Each record parsed once for all aggregates, only as far as they read.
+        let mut wanted: Vec<String> = aggs
+            .iter()
+            .flat_map(|a| a.fields().map(str::to_owned))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
         for (arrival, s, e) in &c.records {
-            let parsed = match serde_json::from_slice(&c.data[*s..*e]) {
-                Ok(serde_json::Value::Object(obj)) => Some(obj),
-                _ => None,
-            };
+            let parsed = super::project(&c.data[*s..*e], &wanted);
             for a in aggs.iter_mut() {
                 a.ingest_object(parsed.as_ref(), *arrival);
             }

@@ -283,6 +283,67 @@ pub fn validate_all(configs: &[AggregateConfig]) -> Result<(), ConfigError> {
 
 type Path = Vec<String>;
 
+/// A record parsed as a JSON object keeping only the top-level fields in
+/// `wanted` (what the stream's aggregates read): the others are checked as
+/// JSON and skipped without being built. `None` unless the record is one
+/// JSON object. Skipping does not recurse, so serde_json's nesting limit
+/// (128) applies only to the fields that are read.
+pub fn project(record: &[u8], wanted: &[&str]) -> Option<Map<String, Value>> {
+    use serde::de::{DeserializeSeed, IgnoredAny};
+
+    /// A key, borrowed from the record unless it has escapes.
+    struct Key<'de>(std::borrow::Cow<'de, str>);
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(s.into()))
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(s.to_owned().into()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    struct Fields<'w>(&'w [&'w str]);
+    impl<'de> DeserializeSeed<'de> for Fields<'_> {
+        type Value = Map<String, Value>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Fields<'_> {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(Key(key)) = m.next_key()? {
+                if self.0.contains(&&*key) {
+                    // A repeated key: the last one counts, as in a whole parse.
+                    out.insert(key.into_owned(), m.next_value()?);
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(record);
+    let obj = Fields(wanted).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(obj)
+}
+
 /// `a`, `.a` and `.a.b`; jq's brackets, quotes and pipes are not supported.
 fn parse_path(p: &str) -> Option<Path> {
     let segments: Path = p
