@@ -54,8 +54,9 @@
 //! - `sum`, `avg`, `min` and `max` are null for a window that saw no value. Integral results are
 //!   written as JSON integers.
 //! - `approx_distinct` is a HyperLogLog (p = 12: 4096 one-byte registers per window and group,
-//!   relative standard error ≈ 1.6%) over each value's canonical JSON text, so `"1"`, `1` and
-//!   `1.0` are three different values. Nulls are not counted.
+//!   relative standard error ≈ 1.6%) over each value's JSON text, so `"1"`, `1` and `1.0` are
+//!   three different values, and an object's text has its keys in the order the record wrote
+//!   them (`{"a":1,"b":2}` and `{"b":2,"a":1}` are two values). Nulls are not counted.
 //!
 //! # Memory
 //! Open windows reach at most `allowed_lateness_seconds` + window size back from the newest

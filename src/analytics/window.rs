@@ -26,7 +26,8 @@ impl Measure {
         };
         Ok(match self.op {
             MeasureOp::Count => Input::Present,
-            // serde_json's default map is sorted, so this text is canonical for objects too.
+            // Objects are hashed as their text with keys in record order (serde_json keeps
+            // the order here), so {"a":1,"b":2} and {"b":2,"a":1} count as two values.
             MeasureOp::ApproxDistinct => Input::Hash(hash64(v.to_string().as_bytes())),
             _ => Input::Num(number(v).ok_or(InvalidReason::NonNumericMeasure)?),
         })
