@@ -124,24 +124,32 @@ const WRITE_BEHIND_BYTES: usize = 4 << 20;
 /// two chunks of an object queued ahead of the log's small synchronous
 /// writes, instead of the whole object at its final sync (which is what
 /// made acknowledgements wait while a large object was delivered).
+///
+/// Where the file system does not support it, the bytes are simply
+/// written. A write error it reports fails the put: the kernel reports a
+/// writeback error to a descriptor once, so the final fsync would not.
 fn write_behind(f: &mut File, bytes: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let fd = f.as_raw_fd();
-    let range = |at: usize, len: usize, flags: libc::c_uint| -> io::Result<()> {
+    // Ok(false): not supported here.
+    let range = |at: usize, len: usize, flags: libc::c_uint| -> io::Result<bool> {
         // SAFETY: sync_file_range on an open descriptor, no memory involved.
-        match unsafe { libc::sync_file_range(fd, at as i64, len as i64, flags) } {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
+        if unsafe { libc::sync_file_range(fd, at as i64, len as i64, flags) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(e),
         }
     };
-    let mut at = 0;
+    let (mut at, mut hinting) = (0, true);
     for chunk in bytes.chunks(WRITE_BEHIND_BYTES) {
         f.write_all(chunk)?;
-        range(at, chunk.len(), libc::SYNC_FILE_RANGE_WRITE)?;
-        if at > 0 {
-            let before = at - WRITE_BEHIND_BYTES;
-            range(
-                before,
+        hinting = hinting && range(at, chunk.len(), libc::SYNC_FILE_RANGE_WRITE)?;
+        if hinting && at > 0 {
+            hinting = range(
+                at - WRITE_BEHIND_BYTES,
                 WRITE_BEHIND_BYTES,
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | libc::SYNC_FILE_RANGE_WRITE
