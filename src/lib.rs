@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod destination;
 pub mod generate;
 pub mod histogram;
+pub mod json;
 pub mod log;
 pub mod metrics;
 pub mod query;

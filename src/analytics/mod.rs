@@ -290,28 +290,8 @@ type Path = Vec<String>;
 /// JSON object. Skipping does not recurse, so serde_json's nesting limit
 /// (128) applies only to the fields that are read.
 pub fn project(record: &[u8], wanted: &[&str]) -> Option<Map<String, Value>> {
+    use crate::json::Key;
     use serde::de::{DeserializeSeed, IgnoredAny};
-
-    /// A key, borrowed from the record unless it has escapes.
-    struct Key<'de>(std::borrow::Cow<'de, str>);
-    impl<'de> Deserialize<'de> for Key<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Key<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                    Ok(Key(s.into()))
-                }
-                fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                    Ok(Key(s.to_owned().into()))
-                }
-            }
-            d.deserialize_str(V)
-        }
-    }
 
     struct Fields<'w>(&'w [&'w str]);
     impl<'de> DeserializeSeed<'de> for Fields<'_> {

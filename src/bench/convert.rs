@@ -112,29 +112,29 @@ fn hydrant(records: &[&[u8]], declared: Option<&TableSchema>) -> anyhow::Result<
     })
 }
 
-/// The Python that runs a peer's script: `--python`, else the project's
-/// virtualenv when present, else `python3`.
-pub(super) fn python(explicit: &Option<PathBuf>) -> PathBuf {
-    explicit.clone().unwrap_or_else(|| {
+/// Runs a peer's script that the bench ships, `text` written to `dir` as
+/// `name`, with `args`, and parses the JSON it prints. The Python is
+/// `--python`, else the project's virtualenv when present, else `python3`.
+pub(super) fn run_peer(
+    python: &Option<PathBuf>,
+    dir: &Path,
+    name: &str,
+    text: &str,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<serde_json::Value> {
+    let script = dir.join(name);
+    std::fs::write(&script, text)?;
+    let py = python.clone().unwrap_or_else(|| {
         let venv = Path::new(".venv/bin/python");
         if venv.exists() {
             venv.to_path_buf()
         } else {
             "python3".into()
         }
-    })
-}
-
-/// The peers' timings for one run: name → (cpu_s, rows), or why missing.
-fn peers(o: &Options, dir: &Path, src: &Path) -> anyhow::Result<serde_json::Value> {
-    let script = dir.join("convert.py");
-    std::fs::write(&script, include_str!("convert.py"))?;
-    let py = python(&o.python);
+    });
     let out = std::process::Command::new(&py)
         .arg(&script)
-        .arg(src)
-        .arg(dir)
-        .arg("duckdb,pyarrow")
+        .args(args)
         .output()
         .with_context(|| format!("running {}", py.display()))?;
     anyhow::ensure!(
@@ -145,6 +145,18 @@ fn peers(o: &Options, dir: &Path, src: &Path) -> anyhow::Result<serde_json::Valu
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The peers' timings for one run: name → (cpu_s, rows), or why missing.
+fn peers(o: &Options, dir: &Path, src: &Path) -> anyhow::Result<serde_json::Value> {
+    let tools = std::ffi::OsStr::new("duckdb,pyarrow");
+    run_peer(
+        &o.python,
+        dir,
+        "convert.py",
+        include_str!("convert.py"),
+        &[src.as_os_str(), dir.as_os_str(), tools],
+    )
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {

@@ -16,8 +16,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
-
 use super::median;
 
 pub struct Options {
@@ -169,25 +167,16 @@ struct Peer {
 
 /// DuckDB's run, or why it did not run.
 fn duckdb(o: &Options, work: &Path, dir: &Path) -> anyhow::Result<Result<Peer, String>> {
-    let script = work.join("query.py");
-    std::fs::write(&script, include_str!("query.py"))?;
-    let py = super::convert::python(&o.python);
     // Every object below the stream's directory (none hidden there).
     let glob = format!("{}/*/*/*/*/q-*", dir.display());
-    let out = std::process::Command::new(&py)
-        .arg(&script)
-        .arg(&glob)
-        .arg(o.runs.to_string())
-        .output()
-        .with_context(|| format!("running {}", py.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{} {}: {}",
-        py.display(),
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let runs = o.runs.to_string();
+    let v = super::convert::run_peer(
+        &o.python,
+        work,
+        "query.py",
+        include_str!("query.py"),
+        &[glob.as_ref(), runs.as_ref()],
+    )?;
     if let Some(why) = v["missing"].as_str() {
         return Ok(Err(why.to_string()));
     }

@@ -17,39 +17,14 @@ use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::kernels::cast_utils::{string_to_datetime, Parser};
 use datafusion::arrow::datatypes::{Date32Type, Field};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::parquet::{map_entries, map_entry_fields, struct_fields, TableSchema};
 use crate::delivery::hive::{same_name, HiveType};
+pub(super) use crate::json::Key;
 
 // ---------------------------------------------------------------------------
 // Reading records
-
-/// An object key, borrowed from the record unless it has escapes.
-pub(super) struct Key<'a>(pub Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> Visitor<'de> for Visit {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s)))
-            }
-        }
-        d.deserialize_str(Visit)
-    }
-}
 
 /// A JSON object's entries in document order, values kept as raw JSON text
 /// so that numbers reach decimal columns digit for digit.

@@ -21,13 +21,14 @@
 
 use std::borrow::Cow;
 
-use serde::de::{Deserialize, MapAccess, Visitor};
+use serde::de::{MapAccess, Visitor};
 use serde::Deserializer;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::copy::{CopyOptions, RecordFormat, TimeFormat};
 use super::load::{Column, Row};
+use crate::json::Key;
 
 /// One record of an object: its bytes as staged, and its row, or why it
 /// is not one.
@@ -262,27 +263,6 @@ impl<'de> Visitor<'de> for Slots<'_, 'de, '_> {
             }
         }
         Ok(())
-    }
-}
-
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 
