@@ -816,12 +816,9 @@ pub const MAX_KNOWN_FILES: usize = 200_000;
 /// The most of a Parquet file's end read for its footer.
 pub const MAX_FOOTER_BYTES: u64 = 64 << 20;
 
-#[derive(Default)]
-struct KnownTable {
-    schemas: Vec<SchemaRef>,
-    /// Path → size, modification time, index into `schemas`.
-    files: HashMap<Path, (u64, chrono::DateTime<chrono::Utc>, usize)>,
-}
+/// Path → size, modification time, schema (files with equal schemas share
+/// one).
+type KnownTable = HashMap<Path, (u64, chrono::DateTime<chrono::Utc>, SchemaRef)>;
 
 impl Known {
     /// Keeps at most `max_files` files' schemas.
@@ -858,15 +855,14 @@ async fn infer_schema(
     // another format reads the same directory differently.
     let key = format!("{:?} {}", def.format, def.location.display());
     // Each file's schema: known, or to be learned (by index into `files`).
-    let mut schemas: Vec<Option<SchemaRef>> = {
+    let schemas: Vec<Option<SchemaRef>> = {
         let tables = known.lock();
         let table = tables.get(&key);
         files
             .iter()
             .map(|m| {
-                let t = table?;
-                let &(size, modified, i) = t.files.get(&m.location)?;
-                ((size, modified) == (m.size, m.last_modified)).then(|| t.schemas[i].clone())
+                let (size, modified, schema) = table?.get(&m.location)?;
+                ((*size, *modified) == (m.size, m.last_modified)).then(|| schema.clone())
             })
             .collect()
     };
@@ -898,34 +894,39 @@ async fn infer_schema(
     let others: usize = tables
         .iter()
         .filter(|(k, _)| **k != key)
-        .map(|(_, t)| t.files.len())
+        .map(|(_, t)| t.len())
         .sum();
     if others + files.len() > known.max_files {
         tables.retain(|k, _| *k == key);
     }
     let mut table = tables.remove(&key).unwrap_or_default();
-    for (i, schema) in learned {
-        let at = match table.schemas.iter().position(|s| **s == schema) {
-            Some(at) => at,
-            None => {
-                table.schemas.push(Arc::new(schema));
-                table.schemas.len() - 1
-            }
-        };
-        table.files.insert(
-            files[i].location.clone(),
-            (files[i].size, files[i].last_modified, at),
-        );
-        schemas[i] = Some(table.schemas[at].clone());
-    }
-    // Which distinct schema each listed file has, the first file with it.
-    let mut order: Vec<(usize, &SchemaRef)> = Vec::new();
+    // Each distinct schema of the listing, with the first file that has it;
+    // a learned schema equal to one of them shares it.
+    let mut order: Vec<(usize, SchemaRef)> = Vec::new();
     for (i, s) in schemas.iter().enumerate() {
-        let s = s.as_ref().expect("every file's schema is known or learned");
-        if !order.iter().any(|(_, o)| Arc::ptr_eq(o, s) || ***o == **s) {
-            order.push((i, s));
+        if let Some(s) = s {
+            if !order.iter().any(|(_, o)| Arc::ptr_eq(o, s) || **o == **s) {
+                order.push((i, s.clone()));
+            }
         }
     }
+    for (i, schema) in learned {
+        let s = match order.iter_mut().find(|(_, o)| **o == schema) {
+            Some((first, o)) => {
+                *first = (*first).min(i);
+                o.clone()
+            }
+            None => {
+                let s = Arc::new(schema);
+                order.push((i, s.clone()));
+                s
+            }
+        };
+        let meta = &files[i];
+        table.insert(meta.location.clone(), (meta.size, meta.last_modified, s));
+    }
+    // The first file with each schema, in listing order.
+    order.sort_by_key(|(i, _)| *i);
     // Merging a schema again changes nothing, so the distinct ones suffice.
     let mut merged: Vec<Field> = Vec::new();
     for (i, schema) in &order {
@@ -939,24 +940,8 @@ async fn infer_schema(
         }
     }
     let listed: std::collections::HashSet<&Path> = files.iter().map(|m| &m.location).collect();
-    table.files.retain(|p, _| listed.contains(p));
-    if table.files.len() <= known.max_files {
-        let used: std::collections::HashSet<usize> = table.files.values().map(|v| v.2).collect();
-        if used.len() < table.schemas.len() {
-            // Drop schemas no file has any more, keeping the indexes right.
-            let mut remap = vec![usize::MAX; table.schemas.len()];
-            let mut kept = Vec::new();
-            for (i, s) in table.schemas.drain(..).enumerate() {
-                if used.contains(&i) {
-                    remap[i] = kept.len();
-                    kept.push(s);
-                }
-            }
-            table.schemas = kept;
-            for v in table.files.values_mut() {
-                v.2 = remap[v.2];
-            }
-        }
+    table.retain(|p, _| listed.contains(p));
+    if table.len() <= known.max_files {
         tables.insert(key, table);
     }
     Ok(Arc::new(Schema::new(merged)))

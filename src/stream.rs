@@ -206,20 +206,13 @@ impl Stream {
     /// A record's id: the stream's incarnation and the record's log offset.
     pub fn record_id(&self, offset: u64) -> String {
         let mut id = String::with_capacity(48);
-        self.push_record_ids(&mut id, offset, 1, "", "");
+        self.push_record_id(&mut id, offset);
         id
     }
 
-    /// Appends the ids of `n` records from `offset` on (see [`push_record_ids`]).
-    pub fn push_record_ids(
-        &self,
-        out: &mut String,
-        offset: u64,
-        n: usize,
-        before: &str,
-        after: &str,
-    ) {
-        push_record_ids(out, &self.incarnation, offset, n, before, after);
+    /// Appends record `offset`'s id to `out` (see [`push_record_id`]).
+    pub fn push_record_id(&self, out: &mut String, offset: u64) {
+        push_record_id(out, &self.incarnation, offset);
     }
 
     /// Appends records; returns the offset of the first once they are durable.
@@ -741,31 +734,14 @@ fn write_meta(dir: &Path, meta: &Meta) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends the ids of `n` records of an incarnation from `offset` on, each
-/// between `before` and `after`, comma-separated: a batch's response,
-/// written without a string per record.
-pub fn push_record_ids(
-    out: &mut String,
-    incarnation: &uuid::Uuid,
-    offset: u64,
-    n: usize,
-    before: &str,
-    after: &str,
-) {
+/// Appends a record's id to `out`: its stream's incarnation, then its log
+/// offset in 16 hex digits; written in place, for a batch's response.
+pub fn push_record_id(out: &mut String, incarnation: &uuid::Uuid, offset: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
-    let incarnation = incarnation.simple().encode_lower(&mut buf);
-    for k in 0..n as u64 {
-        if k > 0 {
-            out.push(',');
-        }
-        out.push_str(before);
-        out.push_str(incarnation);
-        let v = offset.wrapping_add(k);
-        let digits: [u8; 16] = std::array::from_fn(|i| HEX[(v >> (60 - 4 * i)) as usize & 15]);
-        out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
-        out.push_str(after);
-    }
+    out.push_str(incarnation.simple().encode_lower(&mut buf));
+    let digits: [u8; 16] = std::array::from_fn(|i| HEX[(offset >> (60 - 4 * i)) as usize & 15]);
+    out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
 }
 
 #[cfg(test)]
@@ -773,13 +749,10 @@ mod tests {
     #[test]
     fn record_ids_are_the_incarnation_then_the_offset_in_hex() {
         let id = uuid::Uuid::new_v4();
-        for offset in [0, 1, 0xdead_beef, u64::MAX - 2] {
-            let mut out = String::new();
-            super::push_record_ids(&mut out, &id, offset, 3, "<", ">");
-            let want: Vec<String> = (0..3)
-                .map(|k| format!("<{}{:016x}>", id.simple(), offset + k))
-                .collect();
-            assert_eq!(out, want.join(","));
+        for offset in [0, 1, 0xdead_beef, u64::MAX] {
+            let mut out = String::from("<");
+            super::push_record_id(&mut out, &id, offset);
+            assert_eq!(out, format!("<{}{offset:016x}", id.simple()));
         }
     }
 }

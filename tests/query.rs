@@ -894,3 +894,33 @@ async fn known_schemas_are_bounded() {
     }
     assert_eq!(reads, [6, 9, 12]);
 }
+
+/// Columns come in the order of their first object in the listing, whether
+/// that object's schema was read now or by an earlier query.
+#[tokio::test]
+async fn column_order_follows_the_listing_across_queries() {
+    let tmp = TempDir::new("known-order");
+    let dir = tmp.0.join("s");
+    write(&firehose_key(&dir, 11, 1, ""), br#"{"b":1}"#);
+    write(&firehose_key(&dir, 12, 2, ""), br#"{"a":1}"#);
+    let known = Arc::new(Known::default());
+    let columns = "SELECT column_name FROM information_schema.columns \
+                   WHERE table_name = 's' ORDER BY ordinal_position";
+    let t = || json_table("s", &dir);
+    assert_eq!(
+        fresh(t(), &known, columns).await,
+        [json!(["b"]), json!(["a"])]
+    );
+    // An earlier object with the later one's schema: `a` comes first now.
+    write(&firehose_key(&dir, 10, 0, ""), br#"{"a":2}"#);
+    assert_eq!(
+        fresh(t(), &known, columns).await,
+        [json!(["a"]), json!(["b"])]
+    );
+    assert_eq!(known.reads().0, 3);
+    let fresh_lake = Lake::new(vec![t()]).await.unwrap();
+    assert_eq!(
+        rows(&fresh_lake, columns).await,
+        [json!(["a"]), json!(["b"])]
+    );
+}

@@ -239,29 +239,23 @@ async fn put_record_batch(
         r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
     )
     .unwrap();
-    // Runs of taken records, then each failed one.
-    let mut i = 0;
-    while i < sizes.len() {
+    for (i, size) in sizes.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let run = sizes[i..]
-            .iter()
-            .take_while(|s| **s <= MAX_RECORD_BYTES)
-            .count();
-        if run > 0 {
-            stream.push_record_ids(&mut out, offset, run, r#"{"RecordId":""#, r#""}"#);
-            offset += run as u64;
-            i += run;
-            continue;
+        if *size > MAX_RECORD_BYTES {
+            let msg = serde_json::to_string(&too_big(*size)).unwrap();
+            write!(
+                out,
+                r#"{{"ErrorCode":"InvalidArgumentException","ErrorMessage":{msg}}}"#
+            )
+            .unwrap();
+        } else {
+            out.push_str(r#"{"RecordId":""#);
+            stream.push_record_id(&mut out, offset);
+            out.push_str(r#""}"#);
+            offset += 1;
         }
-        let msg = serde_json::to_string(&too_big(sizes[i])).unwrap();
-        write!(
-            out,
-            r#"{{"ErrorCode":"InvalidArgumentException","ErrorMessage":{msg}}}"#
-        )
-        .unwrap();
-        i += 1;
     }
     out.push_str("]}");
     Ok(out.into_bytes())
