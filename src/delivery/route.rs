@@ -13,6 +13,8 @@
 //! `format-conversion-failed` for records that do not fit a Parquet schema).
 
 use base64::Engine;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A parsed MetadataExtractionQuery: key names and the path each reads.
@@ -73,16 +75,42 @@ impl PartitionQuery {
         self.keys.iter().map(|(k, _)| k.clone()).collect()
     }
 
-    /// The partition values of a record, in key order.
+    /// The path each key reads, in key order.
+    pub fn paths(&self) -> Vec<Vec<String>> {
+        self.keys.iter().map(|(_, p)| p.clone()).collect()
+    }
+
+    /// The partition values of a record, in key order. The record is read
+    /// once without building it (only the values on the keys' paths are
+    /// taken apart); a value is what it would be in a map that keeps the
+    /// last of duplicate keys.
     pub fn eval(&self, record: &[u8]) -> Result<Vec<String>, String> {
-        let doc: Value =
+        let root: &RawValue =
             serde_json::from_slice(record).map_err(|e| format!("record is not JSON: {e}"))?;
+        let mut heads: Vec<&str> = Vec::new();
+        for (_, path) in &self.keys {
+            if !heads.contains(&path[0].as_str()) {
+                heads.push(&path[0]);
+            }
+        }
+        let top = fields(root, &heads);
         self.keys
             .iter()
             .map(|(name, path)| {
-                let v = path.iter().try_fold(&doc, |v, seg| v.get(seg));
+                let head = heads.iter().position(|h| *h == path[0]).expect("a head");
+                let mut leaf = top.as_ref().and_then(|t| t[head]);
+                for seg in &path[1..] {
+                    leaf = leaf
+                        .and_then(|r| fields(r, &[seg.as_str()]))
+                        .and_then(|f| f[0]);
+                }
+                // A scalar (an object or array, however deep, is not parsed).
+                let v = leaf.map(|raw| match raw.get().as_bytes()[0] {
+                    b'{' | b'[' => Value::Array(Vec::new()),
+                    _ => serde_json::from_str(raw.get()).expect("a scalar checked whole"),
+                });
                 let s = match v {
-                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::String(s)) => s,
                     Some(Value::Number(n)) => n.to_string(),
                     Some(Value::Bool(b)) => b.to_string(),
                     None | Some(Value::Null) => {
@@ -99,12 +127,7 @@ impl PartitionQuery {
                     }
                 };
                 // The value becomes part of a key (a path in the embedded lake).
-                if s.is_empty()
-                    || s.len() > MAX_PARTITION_VALUE
-                    || s == "."
-                    || s == ".."
-                    || s.contains(['/', '\\', '\0'])
-                {
+                if !placeable(&s) {
                     return Err(format!(
                         "partition key {name} = {s:?} cannot be part of an object key \
                          (empty, longer than {MAX_PARTITION_VALUE}, '.', '..', or has '/' or '\\')"
@@ -113,6 +136,79 @@ impl PartitionQuery {
                 Ok(s)
             })
             .collect()
+    }
+}
+
+/// Whether a value can be a segment of an object key.
+fn placeable(s: &str) -> bool {
+    !(s.is_empty()
+        || s.len() > MAX_PARTITION_VALUE
+        || s == "."
+        || s == ".."
+        || s.contains(['/', '\\', '\0']))
+}
+
+/// The values at `names` in `raw` if it is an object (the last of
+/// duplicate keys), every other value skipped; None if it is not an object.
+/// `raw` is valid JSON already.
+fn fields<'a>(raw: &'a RawValue, names: &[&str]) -> Option<Vec<Option<&'a RawValue>>> {
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Some(
+        Fields(names)
+            .deserialize(&mut de)
+            .expect("an object checked whole"),
+    )
+}
+
+/// Reads an object for the values at some keys.
+struct Fields<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for Fields<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut found = vec![None; self.0.len()];
+        while let Some(i) = map.next_key_seed(Name(self.0))? {
+            match i {
+                Some(i) => found[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Reads a key as which of the names it is, unescaped, without keeping it.
+struct Name<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for Name<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Name<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|n| *n == v))
     }
 }
 
@@ -171,7 +267,106 @@ mod tests {
             Err("cannot be part of an object key"),
         ),
         ("{a: .x}", r#"not json"#, Err("not JSON")),
+        ("{a: .x}", r#"{"x":1} trailing"#, Err("not JSON")),
+        ("{a: .x}", r#"[{"x":1}]"#, Err("is missing")),
+        ("{a: .x.y}", r#"{"x":[{"y":1}]}"#, Err("is missing")),
+        ("{a: .x.y}", r#"{"x":"y"}"#, Err("is missing")),
+        (
+            "{a: .x}",
+            r#"{"x":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}"#,
+            Err("object or array"),
+        ),
+        // Keys are compared unescaped; the last of duplicates counts.
+        ("{a: .event}", r#"{"\u0065vent":"E"}"#, Ok(&["E"])),
+        (
+            "{a: .x, b: .x}",
+            r#"{"x":"one","x":"two"}"#,
+            Ok(&["two", "two"]),
+        ),
+        (
+            "{a: .x.y, b: .x.q}",
+            r#" { "x" : { "y" : "\u00e9t\u00e9" , "q" : false } } "#,
+            Ok(&["été", "false"]),
+        ),
+        (
+            "{a: .n}",
+            r#"{"n":12345678901234567890}"#,
+            Ok(&["12345678901234567890"]),
+        ),
+        ("{a: .s}", r#"{"s":"a\"b"}"#, Ok(&["a\"b"])),
     ];
+
+    /// What a partition value is by definition: the record read into a
+    /// map (serde_json's `Value`), the path followed, the scalar printed.
+    fn by_value(q: &PartitionQuery, record: &[u8]) -> Result<Vec<String>, ()> {
+        let doc: Value = serde_json::from_slice(record).map_err(|_| ())?;
+        q.keys
+            .iter()
+            .map(
+                |(_, path)| match path.iter().try_fold(&doc, |v, seg| v.get(seg)) {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(Value::Number(n)) => Ok(n.to_string()),
+                    Some(Value::Bool(b)) => Ok(b.to_string()),
+                    _ => Err(()),
+                },
+            )
+            .collect()
+    }
+
+    /// Reading only the keys' paths gives what reading the whole record
+    /// gives, for numbers in every spelling, escapes, duplicates, nesting
+    /// and values of the wrong kind.
+    #[test]
+    fn partition_values_are_those_of_the_whole_record() {
+        let q = PartitionQuery::parse("{a: .x.y, b: .x.z, c: .w, d: .v}").unwrap();
+        let values = [
+            "-0",
+            "0",
+            "1e3",
+            "1E-2",
+            "-1.50",
+            "12345678901234567890",
+            "-9223372036854775808",
+            "18446744073709551616",
+            "3.141592653589793238462643",
+            "1.0",
+            "true",
+            "null",
+            r#""s""#,
+            r#""\u00e9\n\/""#,
+            "[]",
+            "{}",
+            r#"{"y":1}"#,
+        ];
+        let mut records = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let w = values[(i + 3) % values.len()];
+            records.push(format!(r#"{{"w":{v},"x":{{"y":{w},"z":{v}}},"v":"k"}}"#));
+            records.push(format!(
+                r#" {{ "x" : {{ "z" : {w} , "y" : {v} }} , "w" : {w}, "v":"k" }} "#
+            ));
+            records.push(format!(
+                r#"{{"w":1,"w":{v},"x":{{"y":"a"}},"x":{{"y":{w},"z":{v}}},"v":"k"}}"#
+            ));
+            records.push(format!(
+                r#"{{"\u0077":{v},"x":{{"\u0079":{w},"z":{v}}},"v":"k"}}"#
+            ));
+            records.push(format!(r#"{{"w":{v},"x":{w},"v":"k"}}"#));
+        }
+        let mut agreed = 0;
+        for r in &records {
+            let got = q.eval(r.as_bytes());
+            let want = by_value(&q, r.as_bytes());
+            match want {
+                Ok(w) if w.iter().all(|s| placeable(s)) => {
+                    assert_eq!(got.as_ref().ok(), Some(&w), "{r}");
+                    agreed += 1;
+                }
+                _ => assert!(got.is_err(), "{r}: {got:?}"),
+            }
+        }
+        assert!(agreed >= 20, "only {agreed} records had values");
+    }
 
     #[test]
     fn partition_values_table() {
