@@ -131,6 +131,12 @@ enum Command {
         /// Also measure a hydrant whose stream converts the records to Parquet.
         #[arg(long)]
         parquet: bool,
+        /// The bench stream's BufferingHints.SizeInMBs (1-128).
+        #[arg(long, default_value_t = 64)]
+        size_mb: u32,
+        /// The bench stream's BufferingHints.IntervalInSeconds (0-900).
+        #[arg(long, default_value_t = 1)]
+        interval_seconds: u32,
         /// After the runs, time this many records from acknowledgement to
         /// visibility in SQL (a stream with a 1-second interval).
         #[arg(long, default_value_t = 0)]
@@ -328,6 +334,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             aggregates,
             rate,
             parquet,
+            size_mb,
+            interval_seconds,
             freshness,
             warehouse,
             cdc,
@@ -391,6 +399,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 aggregates,
                 rate,
                 parquet,
+                size_mb,
+                interval_seconds,
                 freshness,
             })
             .await

@@ -527,7 +527,6 @@ impl Registry {
                         prefix: b.prefix.clone(),
                         compression: b.compression,
                         source_compression: spec.compression,
-                        append_delimiter: spec.append_delimiter,
                     }),
                     queue: queue.clone(),
                     stats: wstats.clone(),
@@ -548,6 +547,7 @@ impl Registry {
             destination,
             stats: stats.clone(),
             max_partitions: self.max_partitions,
+            scratch: self.store.local.scratch().to_path_buf(),
         };
         let finished = d.start(stop_rx);
         let stream = Stream {

@@ -17,6 +17,12 @@
 //!   the throughput ratio, plus the live-feed latency: a probe record is put
 //!   every 100 ms and timed from its acknowledgement to the window update
 //!   that carries it on `/-/api/live`.
+//!
+//! For its own servers it also samples the resident memory (VmRSS) every
+//! 100 ms from the run's start until delivery has drained, and reports the
+//! median sample and the peak: with `--rate 100000 --size-mb 128
+//! --interval-seconds 60` that is the memory at a steady rate under the
+//! largest buffering hints Firehose allows.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -48,6 +54,9 @@ pub struct BenchOptions {
     pub rate: u64,
     /// Also measure a hydrant whose stream converts to Parquet.
     pub parquet: bool,
+    /// The bench stream's buffering hints.
+    pub size_mb: u32,
+    pub interval_seconds: u32,
     /// Probes of the time from acknowledgement to visibility in SQL.
     pub freshness: usize,
 }
@@ -100,7 +109,8 @@ const AGGREGATES: [&str; 3] = [
 
 /// The bench stream (JSON lines, or Parquet of the bench records' columns),
 /// and `fresh`, a stream with a 1-second interval for freshness probes.
-fn bench_config(stream: &str, variant: Variant) -> String {
+fn bench_config(stream: &str, variant: Variant, hints: (u32, u32)) -> String {
+    let (size_mb, interval) = hints;
     let processing = if variant == Variant::Parquet {
         "DataFormatConversionConfiguration: { Enabled: true, SchemaConfiguration: { Columns: [ { Name: w, Type: int }, { Name: i, Type: int }, { Name: pad, Type: string }, { Name: probe, Type: string } ] } }"
     } else {
@@ -113,7 +123,7 @@ fn bench_config(stream: &str, variant: Variant) -> String {
       RoleARN: arn:aws:iam::000000000000:role/bench
       BucketARN: arn:aws:s3:::bench
       Prefix: {stream}/
-      BufferingHints: {{ SizeInMBs: 64, IntervalInSeconds: 1 }}
+      BufferingHints: {{ SizeInMBs: {size_mb}, IntervalInSeconds: {interval} }}
       {processing}
   - DeliveryStreamName: fresh
     ExtendedS3DestinationConfiguration:
@@ -133,8 +143,12 @@ fn bench_config(stream: &str, variant: Variant) -> String {
     c
 }
 
-async fn start_own(stream: &str, variant: Variant) -> anyhow::Result<(Own, String)> {
-    start_with(&bench_config(stream, variant)).await
+async fn start_own(
+    stream: &str,
+    variant: Variant,
+    hints: (u32, u32),
+) -> anyhow::Result<(Own, String)> {
+    start_with(&bench_config(stream, variant, hints)).await
 }
 
 /// Starts `hydrant serve` with this config in a temporary directory.
@@ -190,6 +204,17 @@ struct RunResult {
     /// Record data per second from the run's start until delivery drained
     /// everything acknowledged (MB/s); NaN for a foreign endpoint.
     delivered_mb_per_s: f64,
+    /// Resident memory, median sample and peak (MiB); NaN for a foreign endpoint.
+    rss_mib: f64,
+    peak_rss_mib: f64,
+}
+
+/// A process's resident memory (VmRSS), in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Waits until the stream's log is delivered; returns when that happened.
@@ -332,6 +357,21 @@ async fn probe_feed(t: &Target, stream: &str, deadline: Instant) -> anyhow::Resu
 async fn one_run(opts: &BenchOptions, t: &Target) -> anyhow::Result<RunResult> {
     let pid = t.own.as_ref().map(|o| o.child.id());
     let cpu0 = pid.and_then(cpu_seconds);
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while let Some(mib) = pid
+                .filter(|_| sampling.load(std::sync::atomic::Ordering::Relaxed))
+                .and_then(rss_mib)
+            {
+                samples.push(mib);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        })
+    };
     let start = Instant::now();
     let deadline = start + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -406,7 +446,11 @@ async fn one_run(opts: &BenchOptions, t: &Target) -> anyhow::Result<RunResult> {
         (Some(_), Some(at)) => ok_bytes as f64 / 1e6 / (at - start).as_secs_f64(),
         _ => f64::NAN,
     };
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let rss = sampler.await?;
     Ok(RunResult {
+        peak_rss_mib: rss.iter().copied().fold(f64::NAN, f64::max),
+        rss_mib: median(rss),
         delivered_mb_per_s,
         records_per_s: ok as f64 / secs,
         mb_per_s: ok_bytes as f64 / 1e6 / secs,
@@ -456,13 +500,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         (opts.aggregates == 0 && !opts.parquet && opts.freshness == 0) || opts.endpoint.is_none(),
         "--aggregates, --parquet and --freshness start their own servers; they cannot be combined with --endpoint"
     );
+    anyhow::ensure!(
+        (1..=128).contains(&opts.size_mb) && opts.interval_seconds <= 900,
+        "--size-mb must be 1 to 128 and --interval-seconds 0 to 900 (Firehose's BufferingHints)"
+    );
+    let hints = (opts.size_mb, opts.interval_seconds);
     let mut targets = Vec::new();
     match &opts.endpoint {
         Some(e) => {
             let client = Firehose::new(e);
             if !client.stream_exists(&opts.stream).await? {
                 let request: serde_json::Value = serde_yaml_ng::from_str::<serde_json::Value>(
-                    &bench_config(&opts.stream, Variant::Plain),
+                    &bench_config(&opts.stream, Variant::Plain, hints),
                 )?["delivery_streams"][0]
                     .clone();
                 client
@@ -487,7 +536,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
                 variants.push(Variant::Parquet);
             }
             for v in variants {
-                let (own, url) = start_own(&opts.stream, v).await?;
+                let (own, url) = start_own(&opts.stream, v, hints).await?;
                 let n = if let Variant::Aggregates(n) = v { n } else { 0 };
                 let label = match v {
                     Variant::Plain => "hydrant".into(),
@@ -520,7 +569,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         if opts.rate > 0 { format!("offered {} records/s", opts.rate) } else { "unthrottled".into() }
     );
     println!(
-        "{:>4} {:<22} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>10}",
+        "{:>4} {:<22} {:>11} {:>8} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>10} {:>8} {:>8}",
         "run",
         "target",
         "records/s",
@@ -531,7 +580,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         "errors",
         "CPU s/GB",
         "disk MB/s",
-        "feed p50"
+        "feed p50",
+        "RSS MiB",
+        "peak MiB"
     );
     let mut results: Vec<Vec<RunResult>> = targets.iter().map(|_| Vec::new()).collect();
     let mut disk = Vec::new();
@@ -543,7 +594,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
         for (t, out) in targets.iter().zip(results.iter_mut()) {
             let r = one_run(&opts, t).await?;
             println!(
-                "{:>4} {:<22} {:>11.0} {:>8.1} {:>8.2} {:>8.2} {:>9.2} {:>7} {:>9} {:>10.1} {:>10}",
+                "{:>4} {:<22} {:>11.0} {:>8.1} {:>8.2} {:>8.2} {:>9.2} {:>7} {:>9} {:>10.1} {:>10} {:>8} {:>8}",
                 i + 1,
                 t.label,
                 r.records_per_s,
@@ -557,6 +608,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
                     .unwrap_or("-".into()),
                 d,
                 fmt_opt(percentile(&r.feed_ms, 0.5), 1),
+                fmt_opt(r.rss_mib, 0),
+                fmt_opt(r.peak_rss_mib, 0),
             );
             out.push(r);
         }
@@ -572,8 +625,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             all
         };
         println!(
-            "median {}: {:.0} records/s, {:.1} MB/s, ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, errors {}, CPU {} s/GB; \
-             {:.2} of the disk's fdatasync'd append rate ({:.1} MB/s){}{}",
+            "median {}: {:.0} records/s, {:.1} MB/s, ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, errors {}, CPU {} s/GB, \
+             RSS {} MiB (peak {} MiB); {:.2} of the disk's fdatasync'd append rate ({:.1} MB/s){}{}",
             t.label,
             m(|r| r.records_per_s),
             mb,
@@ -582,6 +635,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<()> {
             m(|r| r.p999_ms),
             rs.iter().map(|r| r.errors).sum::<u64>(),
             fmt_opt(m(|r| r.cpu_s_per_gb.unwrap_or(f64::NAN)), 1),
+            fmt_opt(m(|r| r.rss_mib), 0),
+            fmt_opt(rs.iter().map(|r| r.peak_rss_mib).fold(f64::NAN, f64::max), 0),
             mb / disk,
             disk,
             if t.probes {

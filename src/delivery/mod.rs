@@ -7,8 +7,11 @@
 //! evaluated partition keys); records that cannot be routed go to an error
 //! buffer as Firehose error documents (see `route`). A stream that converts
 //! to Parquet converts each record into its buffer's columns as it is
-//! routed (one parse, and the failure known at once); other buffers hold the
-//! records' bytes. A buffer becomes one
+//! routed (one parse, and the failure known at once), and the columns go
+//! to a file as Arrow IPC a mebibyte at a time, to be encoded when the
+//! buffer is cut; other buffers encode the records as the object's bytes,
+//! which go to a file the same way (see `destination::lake::spool`), so
+//! memory does not grow with the buffering hints. A buffer becomes one
 //! object when it reaches SizeInMBs (measured before compression) or when
 //! its oldest record has waited IntervalInSeconds, whichever comes first.
 //!
@@ -66,8 +69,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::destination::lake::encode::{self, Records};
 use crate::destination::lake::parquet::{self, Columns, ParquetWriter};
+use crate::destination::lake::spool::{Body, ColumnSpool, Spool, SPILL_BYTES};
 use crate::destination::{Destination, Kind, Object};
 use crate::log::{Log, LogError, LogReader};
 use crate::spec::{Compression, Format, ParquetSchema, StreamSpec};
@@ -81,8 +84,10 @@ pub const STREAM_VERSION: u32 = 1;
 /// Where error documents go when the stream has no ErrorOutputPrefix.
 const DEFAULT_ERROR_PREFIX: &str = "!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/";
 
-/// Memory all of a stream's buffers may hold; past it the largest is cut.
-const MAX_BUFFERED_BYTES: usize = 512 << 20;
+/// Encoded bytes all of a stream's buffers may hold in memory, checked
+/// after each chunk read; past it the largest spills to its file. Each
+/// buffer spills at `SPILL_BYTES` on its own.
+const SPOOLED_BYTES: usize = 32 << 20;
 
 /// Records read between checks of the buffers' deadlines.
 const CHUNK_RECORDS: usize = 16_384;
@@ -238,56 +243,88 @@ struct Buffer {
     target: Target,
     first: u64,
     end: u64,
-    /// The records (or error documents) back to back, and where each ends;
-    /// empty when the records are converted into `columns` instead.
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-    /// A Parquet stream's data records, converted as they were routed.
+    records: usize,
+    /// Whether each record is followed by a newline.
+    delimiter: bool,
+    /// The object's bytes so far: the records (or error documents) back to
+    /// back or one per line, compressed; None when the records are
+    /// converted into `columns` instead.
+    spool: Option<Spool>,
+    /// A Parquet stream's data records, converted as they were routed;
+    /// `parts` holds the older ones, spilled from `columns` to a file.
     columns: Option<Columns>,
+    parts: ColumnSpool,
     /// Bytes of the records taken, as they came (SizeInMBs counts these).
     input: usize,
     oldest_ms: i64,
 }
 
 impl Buffer {
-    fn new(target: Target, first: u64, columns: Option<Columns>) -> Buffer {
+    /// A buffer of records converted into `columns`, or else encoded into
+    /// a spool (with `compression`, one per line with `delimiter`), its
+    /// files in `scratch`.
+    fn new(
+        target: Target,
+        first: u64,
+        columns: Option<Columns>,
+        scratch: &Path,
+        compression: Compression,
+        delimiter: bool,
+    ) -> Buffer {
         Buffer {
             target,
             first,
             end: first,
-            bytes: Vec::new(),
-            ends: Vec::new(),
+            records: 0,
+            delimiter,
+            spool: columns.is_none().then(|| Spool::new(scratch, compression)),
             columns,
+            parts: ColumnSpool::new(scratch),
             input: 0,
             oldest_ms: i64::MAX,
         }
     }
 
-    /// Counts a record taken (its bytes kept, or converted already).
+    /// Counts a record taken (its bytes spooled, or converted already).
     fn took(&mut self, offset: u64, arrival_ms: i64, len: usize) {
+        self.records += 1;
         self.input += len;
         self.oldest_ms = self.oldest_ms.min(arrival_ms);
         self.end = offset + 1;
     }
 
     fn push(&mut self, offset: u64, arrival_ms: i64, data: &[u8]) {
-        self.bytes.extend_from_slice(data);
-        self.ends.push(self.bytes.len());
+        let spool = self.spool.as_mut().expect("a spooling buffer");
+        spool.push(data);
+        if self.delimiter {
+            spool.push(b"\n");
+        }
         self.took(offset, arrival_ms, data.len());
     }
 
-    fn records(&self) -> usize {
-        self.columns.as_ref().map_or(self.ends.len(), Columns::rows)
-    }
-
     /// Bytes the object will hold before compression (before conversion).
-    fn size(&self, delimiter: bool) -> usize {
-        self.input + if delimiter { self.ends.len() } else { 0 }
+    fn size(&self) -> usize {
+        self.input
+            + if self.delimiter && self.spool.is_some() {
+                self.records
+            } else {
+                0
+            }
     }
 
-    /// Memory the buffer holds.
+    /// Memory the buffer holds: encoded bytes or columns not yet spilled.
     fn held(&self) -> usize {
-        self.bytes.len() + self.columns.as_ref().map_or(0, Columns::held)
+        self.spool.as_ref().map_or(0, Spool::held) + self.columns.as_ref().map_or(0, Columns::held)
+    }
+
+    /// Moves what the buffer holds in memory to its file. On an error the
+    /// buffer is as it was.
+    fn spill(&mut self) -> std::io::Result<()> {
+        match (&mut self.spool, &mut self.columns) {
+            (Some(spool), _) => spool.spill(),
+            (None, Some(columns)) => self.parts.spill(columns),
+            (None, None) => Ok(()),
+        }
     }
 }
 
@@ -301,6 +338,9 @@ pub struct Delivery {
     pub stats: Arc<DeliveryStats>,
     /// Most partitions with an open buffer; records of further ones go to the error output.
     pub max_partitions: usize,
+    /// Where objects are spooled before they are put: the local store's
+    /// scratch directory, emptied at each start.
+    pub scratch: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -347,7 +387,7 @@ pub fn error_key(
 }
 
 /// A buffer cut into an object under `key`.
-fn object<'a>(key: &'a str, b: &'a Buffer, body: &'a [u8]) -> Object<'a> {
+fn object<'a>(key: &'a str, b: &Buffer, body: &'a Body) -> Object<'a> {
     Object {
         key,
         kind: match b.target {
@@ -355,10 +395,7 @@ fn object<'a>(key: &'a str, b: &'a Buffer, body: &'a [u8]) -> Object<'a> {
             Target::Error(_) => Kind::Errors,
         },
         body,
-        records: Records {
-            bytes: &b.bytes,
-            ends: &b.ends,
-        },
+        records: b.records as u64,
         first: b.first,
         end: b.end,
         oldest_ms: b.oldest_ms,
@@ -429,6 +466,42 @@ impl Delivery {
 
     fn delimiter(&self, target: &Target) -> bool {
         matches!(target, Target::Error(_)) || self.spec.append_delimiter
+    }
+
+    /// An empty buffer for `target`'s records from `first`, encoded as
+    /// the stream's spec says now.
+    fn buffer(&self, target: Target, first: u64, columns: Option<Columns>) -> Buffer {
+        let delimiter = self.delimiter(&target);
+        self.buffer_as(target, first, columns, self.spec.compression, delimiter)
+    }
+
+    /// An empty buffer encoding its records with `compression`, one per
+    /// line when `delimiter` (a redone object is encoded as it was first).
+    fn buffer_as(
+        &self,
+        target: Target,
+        first: u64,
+        columns: Option<Columns>,
+        compression: Compression,
+        delimiter: bool,
+    ) -> Buffer {
+        Buffer::new(
+            target,
+            first,
+            columns,
+            &self.scratch,
+            compression,
+            delimiter,
+        )
+    }
+
+    /// Takes the record into `b` (unless converting, which `take` does),
+    /// its error document when it is diverted.
+    fn push(b: &mut Buffer, offset: u64, arrival: i64, data: &[u8], d: Option<&Diversion>) {
+        match d {
+            Some(d) => b.push(offset, arrival, &route::error_document(d, arrival, data)),
+            None => b.push(offset, arrival, data),
+        }
     }
 
     /// Routes one record: its buffer, and the diversion if it goes to the
@@ -547,14 +620,14 @@ impl Delivery {
             }
             let b = buffers
                 .entry(id.clone())
-                .or_insert_with(|| Buffer::new(target.clone(), offset, self.columns(st, &target)));
+                .or_insert_with(|| self.buffer(target.clone(), offset, self.columns(st, &target)));
             match self.convert(st, b, offset, data)? {
                 Ok(()) => {
                     b.took(offset, arrival_ms, data.len());
                     return Ok(Some(id));
                 }
                 Err(e) => {
-                    if b.records() == 0 {
+                    if b.records == 0 {
                         buffers.remove(&id);
                     }
                     (target, diversion) = divert(
@@ -573,17 +646,10 @@ impl Delivery {
         }
         let b = buffers
             .entry(id.clone())
-            .or_insert_with(|| Buffer::new(target, offset, None));
-        match diversion {
-            Some(d) => {
-                b.push(
-                    offset,
-                    arrival_ms,
-                    &route::error_document(&d, arrival_ms, data),
-                );
-                *self.stats.errors.lock().unwrap().entry(d.code).or_default() += 1;
-            }
-            None => b.push(offset, arrival_ms, data),
+            .or_insert_with(|| self.buffer(target, offset, None));
+        Self::push(b, offset, arrival_ms, data, diversion.as_ref());
+        if let Some(d) = diversion {
+            *self.stats.errors.lock().unwrap().entry(d.code).or_default() += 1;
         }
         Ok(Some(id))
     }
@@ -619,9 +685,11 @@ impl Delivery {
                 if let Some(id) =
                     self.take(&mut st, &mut buffers, e.offset, e.arrival_ms, e.data)?
                 {
-                    let b = &buffers[&id];
-                    if b.size(self.delimiter(&b.target)) >= limit {
+                    let b = buffers.get_mut(&id).expect("the record's buffer");
+                    if b.size() >= limit {
                         self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
+                    } else if b.held() >= SPILL_BYTES {
+                        self.spill(rt, &stop, b)?;
                     }
                 }
             }
@@ -635,20 +703,12 @@ impl Delivery {
             for id in due {
                 self.flush(rt, &mut st, &mut buffers, &id, reader.position(), &stop)?;
             }
-            while buffers.values().map(Buffer::held).sum::<usize>() > MAX_BUFFERED_BYTES {
+            while buffers.values().map(Buffer::held).sum::<usize>() > SPOOLED_BYTES {
                 let largest = buffers
-                    .iter()
-                    .max_by_key(|(_, b)| b.held())
-                    .map(|(id, _)| id.clone())
-                    .unwrap();
-                self.flush(
-                    rt,
-                    &mut st,
-                    &mut buffers,
-                    &largest,
-                    reader.position(),
-                    &stop,
-                )?;
+                    .values_mut()
+                    .max_by_key(|b| b.held())
+                    .expect("buffers hold bytes");
+                self.spill(rt, &stop, largest)?;
             }
             self.publish(&buffers);
             if !caught_up {
@@ -673,6 +733,22 @@ impl Delivery {
                 }
             });
         }
+    }
+
+    /// Moves what a buffer holds from memory to its file, retrying (a full
+    /// disk is waited out, the records are safe in the log).
+    fn spill(
+        &self,
+        rt: &tokio::runtime::Handle,
+        stop: &watch::Receiver<bool>,
+        b: &mut Buffer,
+    ) -> Result<(), DeliveryError> {
+        self.retry(
+            rt,
+            stop,
+            "spooling an object to the scratch directory",
+            || b.spill(),
+        )
     }
 
     fn publish(&self, buffers: &BTreeMap<String, Buffer>) {
@@ -759,7 +835,7 @@ impl Delivery {
             end: b.end,
             key: self.key(&b.target, b.first, b.oldest_ms),
             compression: self.spec.compression,
-            append_delimiter: self.delimiter(&b.target),
+            append_delimiter: b.delimiter,
             columns: match (&self.spec.format, &b.target) {
                 (
                     Format::Parquet {
@@ -783,8 +859,10 @@ impl Delivery {
         self.retry(rt, stop, "saving the delivery state", || {
             save_state(&self.dir, st)
         })?;
-        let body = self.encode(st, &mut b, &pending)?;
+        let body = self.encode(rt, stop, st, &mut b, &pending)?;
         self.write(rt, &object(&pending.key, &b, &body), stop)?;
+        let bytes = body.len();
+        drop(body);
         st.delivered.insert(id.to_string(), b.end);
         st.pending = None;
         st.committed = low_water(buffers);
@@ -795,59 +873,43 @@ impl Delivery {
         let s = &self.stats;
         s.committed_offset.store(st.committed, Ordering::Relaxed);
         s.objects.fetch_add(1, Ordering::Relaxed);
-        s.records.fetch_add(b.records() as u64, Ordering::Relaxed);
-        s.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        tracing::debug!(stream = %self.spec.name, key = %pending.key, records = b.records(), "delivered");
+        s.records.fetch_add(b.records as u64, Ordering::Relaxed);
+        s.bytes.fetch_add(bytes, Ordering::Relaxed);
+        tracing::debug!(stream = %self.spec.name, key = %pending.key, records = b.records, "delivered");
         if let Err(e) = self.log.remove_before(st.committed) {
             tracing::warn!(stream = %self.spec.name, error = %e, "could not remove delivered log segments; will retry after the next object");
         }
         Ok(())
     }
 
-    /// The bytes of a buffer's object: Parquet for a converting stream's
-    /// data, else records (or error documents) as lines, compressed.
+    /// A buffer's object: the spooled records (or error documents),
+    /// finished, or a converting stream's columns as Parquet.
     fn encode(
         &self,
+        rt: &tokio::runtime::Handle,
+        stop: &watch::Receiver<bool>,
         st: &mut State,
         b: &mut Buffer,
         p: &Pending,
-    ) -> Result<Vec<u8>, DeliveryError> {
+    ) -> Result<Body, DeliveryError> {
         let failed = DeliveryError::Encode;
-        let options = match (&self.spec.format, &b.target) {
-            (Format::Parquet { options, .. }, Target::Data(_)) => options,
-            _ => {
-                let records = Records {
-                    bytes: &b.bytes,
-                    ends: &b.ends,
-                };
-                return Ok(encode::compress(
-                    encode::json_lines(&records, p.append_delimiter),
-                    p.compression,
-                ));
-            }
-        };
-        let mut columns = match b.columns.take() {
-            Some(c) => c,
-            // A redone object: its records converted once, so they do again.
-            None => {
-                let table = match (&self.spec.format, &p.columns) {
-                    (
-                        Format::Parquet {
-                            schema: ParquetSchema::Declared(t),
-                            ..
-                        },
-                        _,
-                    ) => t.clone(),
-                    (_, Some(cols)) => parquet::TableSchema::from_columns(cols).map_err(failed)?,
-                    (_, None) => return Err(failed("no schema recorded for the object".into())),
-                };
-                let records = Records {
-                    bytes: &b.bytes,
-                    ends: &b.ends,
-                };
-                let rows: Vec<&[u8]> = records.iter().collect();
-                return parquet::encode(&table, &rows, options).map_err(failed);
-            }
+        let mut body = None;
+        if let Some(spool) = b.spool.as_mut() {
+            self.retry(
+                rt,
+                stop,
+                "finishing an object in the scratch directory",
+                || {
+                    body = Some(spool.finish()?);
+                    Ok(())
+                },
+            )?;
+            return Ok(body.expect("a finished body"));
+        }
+        let (Format::Parquet { options, .. }, Some(mut columns)) =
+            (&self.spec.format, b.columns.take())
+        else {
+            return Err(failed("a buffer neither spooled nor converted".into()));
         };
         if let Some(schema) = &st.schema {
             schema.conform(&mut columns);
@@ -859,9 +921,54 @@ impl Delivery {
                 )));
             }
         }
+        if b.parts.spilled() {
+            // The rest joins the spilled parts; the file is then encoded
+            // part by part into the final schema.
+            let parts = &mut b.parts;
+            self.retry(
+                rt,
+                stop,
+                "spilling columns to the scratch directory",
+                || parts.spill(&mut columns),
+            )?;
+            let mut encoded = None;
+            self.retry(rt, stop, "encoding spilled columns as Parquet", || {
+                encoded = Some(parts.encode(&self.scratch, columns.schema(), options)?);
+                Ok(())
+            })?;
+            return encoded.expect("an encoded body").map_err(failed);
+        }
         let mut writer = ParquetWriter::new(columns.schema(), options).map_err(failed)?;
         writer.write(columns).map_err(failed)?;
-        writer.finish().map_err(failed)
+        let bytes = writer.finish().map_err(failed)?;
+        self.retry(
+            rt,
+            stop,
+            "writing an object to the scratch directory",
+            || {
+                body = Some(Body::write(&self.scratch, &bytes)?);
+                Ok(())
+            },
+        )?;
+        Ok(body.expect("a written body"))
+    }
+
+    /// The columns a redone object's records convert into: the schema
+    /// recorded for it. None for an object that is not converted.
+    fn redo_columns(&self, p: &Pending) -> Result<Option<Columns>, DeliveryError> {
+        let failed = DeliveryError::Encode;
+        let Format::Parquet { schema, .. } = &self.spec.format else {
+            return Ok(None);
+        };
+        if !p.buffer.starts_with('d') {
+            return Ok(None);
+        }
+        let table = match (schema, &p.columns) {
+            (ParquetSchema::Declared(t), _) => t.clone(),
+            (_, Some(cols)) => parquet::TableSchema::from_columns(cols).map_err(failed)?,
+            (_, None) => return Err(failed("no schema recorded for the object".into())),
+        };
+        Ok(Some(Columns::new(&table)))
     }
 
     /// Writes an object, retrying with backoff until the destination takes it.
@@ -924,16 +1031,35 @@ impl Delivery {
     ) -> Result<(), DeliveryError> {
         let mut reader: LogReader = self.log.reader(p.first)?;
         let mut buffer: Option<Buffer> = None;
+        let mut columns = self.redo_columns(&p)?;
         while let Some(e) = reader.next_below(p.end)? {
             let (offset, arrival, data) = (e.offset, e.arrival_ms, e.data);
             let (target, diversion) = self.decide(st, offset, data, None);
             if target.id() != p.buffer {
                 continue;
             }
-            let b = buffer.get_or_insert_with(|| Buffer::new(target, offset, None));
-            match diversion {
-                Some(d) => b.push(offset, arrival, &route::error_document(&d, arrival, data)),
-                None => b.push(offset, arrival, data),
+            let b = buffer.get_or_insert_with(|| {
+                self.buffer_as(
+                    target,
+                    offset,
+                    columns.take(),
+                    p.compression,
+                    p.append_delimiter,
+                )
+            });
+            match (&mut b.columns, &diversion) {
+                (Some(c), None) => {
+                    c.append(data).map_err(|e| {
+                        DeliveryError::Encode(format!(
+                            "record {offset} converted when it was routed, but not on replay: {e}"
+                        ))
+                    })?;
+                    b.took(offset, arrival, data.len());
+                }
+                _ => Self::push(b, offset, arrival, data, diversion.as_ref()),
+            }
+            if b.held() >= SPILL_BYTES {
+                self.spill(rt, stop, b)?;
             }
         }
         if reader.position() != p.end {
@@ -948,9 +1074,19 @@ impl Delivery {
             }
             .into());
         }
-        let mut b = buffer.unwrap_or_else(|| Buffer::new(Target::Data(vec![]), p.first, None));
-        let body = self.encode(st, &mut b, &p)?;
+        let mut b = match buffer {
+            Some(b) => b,
+            None => self.buffer_as(
+                Target::Data(vec![]),
+                p.first,
+                columns,
+                p.compression,
+                p.append_delimiter,
+            ),
+        };
+        let body = self.encode(rt, stop, st, &mut b, &p)?;
         self.write(rt, &object(&p.key, &b, &body), stop)?;
+        drop(body);
         st.delivered.insert(p.buffer.clone(), p.end);
         st.pending = None;
         st.prune();

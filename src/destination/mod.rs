@@ -20,7 +20,7 @@ pub mod warehouse;
 
 use std::io;
 
-use crate::destination::lake::encode::Records;
+use crate::destination::lake::spool::Body;
 
 /// What an object holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +37,10 @@ pub struct Object<'a> {
     /// The object's identity: its key, derived from its log range.
     pub key: &'a str,
     pub kind: Kind,
-    pub body: &'a [u8],
-    /// The records, before encoding (for a destination that encodes anew).
-    pub records: Records<'a>,
+    /// The object's bytes, durable in a file (see `lake::spool`).
+    pub body: &'a Body,
+    /// How many records (or error documents) it holds.
+    pub records: u64,
     pub first: u64,
     pub end: u64,
     /// Arrival time of the oldest record; the time in the object's key.

@@ -178,6 +178,45 @@ def test_json_streams_of_every_compression_are_tables(server, compression):
     assert rows == [[k, 100, sum(v for v in range(300) if v % 3 == k)] for k in range(3)]
 
 
+def test_open_parquet_buffers_spill_columns_and_come_back_exact(make_server):
+    """A Parquet buffer keeps about a mebibyte of columns in memory and spills
+    the rest to tmp/ while it is open, even as its inferred schema widens
+    (a new column, a new struct field, bigint to double): with 128 MB / 900 s
+    hints its file is several MiB before any object is cut. A SIGKILL leaves
+    it; the next start removes it and rebuilds the buffer from the log, and the
+    one object read by pyarrow holds every record once, in order, with exact
+    values in the final schema."""
+    server = make_server(CATALOG)
+    c = server.client()
+    req = parquet_stream(name="spill", bucket="spill-lake", table="anything", partitioned=False)
+    req["ExtendedS3DestinationConfiguration"]["BufferingHints"] = {"SizeInMBs": 128, "IntervalInSeconds": 900}
+    c.create_delivery_stream(**req)
+    n = 15_000
+    first = [{"a": i, "s": {"x": i}, "pad": f"{i:0>200}"} for i in range(n)]
+    later = [{"a": i + 0.5, "s": {"x": i, "y": f"q{i}"}, "b": f"b{i}", "pad": f"{i:x>200}"} for i in range(n)]
+    put_all(c, "spill", first)
+    put_all(c, "spill", later)
+    tmp = server.data_dir / "tmp"
+    sizes = lambda: {p.name: p.stat().st_size for p in tmp.glob("body-*")}
+    before = wait_for(lambda: (s := sizes()) and sum(s.values()) > 3 * (1 << 20) and s,
+                      timeout=60, what="the open Parquet buffer spilled to tmp/")
+    assert server.objects("spill-lake") == [], "nothing is cut below the hints"
+    server.kill()
+    server.start()
+    assert not set(sizes()) & set(before), "a start removes what the last run spilled"
+    assert server.stop() == 0
+    assert sizes() == {}, "a delivered object leaves nothing in tmp/"
+    (f,) = server.objects("spill-lake")
+    t = pq.read_table(f)
+    assert t.schema.field("a").type == pa.float64(), t.schema
+    assert t.schema.field("s").type == pa.struct([("x", pa.int64()), ("y", pa.string())]), t.schema
+    assert t.num_rows == 2 * n
+    assert t.column("a").to_pylist() == [float(r["a"]) for r in first + later]
+    assert t.column("s").to_pylist() == [{"x": r["s"]["x"], "y": r["s"].get("y")} for r in first + later]
+    assert t.column("b").to_pylist() == [r.get("b") for r in first + later]
+    assert t.column("pad").to_pylist() == [r["pad"] for r in first + later]
+
+
 def test_an_inferred_schema_grows_nullable_columns(make_server):
     server = make_server(CATALOG)
     c = server.client()

@@ -882,6 +882,15 @@ impl Columns {
         self.generation = generation;
     }
 
+    /// The rows so far, leaving these columns empty, of the same schema.
+    pub fn take(&mut self) -> Columns {
+        let empty = Columns {
+            generation: self.generation,
+            ..Columns::new(&self.schema)
+        };
+        std::mem::replace(self, empty)
+    }
+
     /// The columns as one RecordBatch.
     pub fn finish(self) -> Result<RecordBatch, String> {
         let arrays = self

@@ -1,56 +1,28 @@
-//! Turning a buffer of records into the bytes of one object: JSON lines (or
-//! records back to back), then the stream's compression.
+//! The stream's compression, of a piece of an object (see `spool`) or of
+//! a whole one, and back.
 
 use std::io::Write;
 
 use crate::spec::Compression;
 
-/// Records as the buffer holds them: one byte run, and where each ends.
-pub struct Records<'a> {
-    pub bytes: &'a [u8],
-    pub ends: &'a [usize],
-}
-
-impl Records<'_> {
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let r = &self.bytes[start..end];
-            start = end;
-            r
-        })
-    }
-}
-
-/// Records as Firehose writes them: back to back, or one per line.
-pub fn json_lines(records: &Records, delimiter: bool) -> Vec<u8> {
-    if !delimiter {
-        return records.bytes.to_vec();
-    }
-    let mut out = Vec::with_capacity(records.bytes.len() + records.ends.len());
-    for r in records.iter() {
-        out.extend_from_slice(r);
-        out.push(b'\n');
-    }
-    out
-}
-
-pub fn compress(bytes: Vec<u8>, compression: Compression) -> Vec<u8> {
+/// `bytes` compressed as one complete stream (gzip member, zstd frame,
+/// Snappy framed stream).
+pub fn compress(bytes: &[u8], compression: Compression) -> Vec<u8> {
     let writing = "compressing into memory cannot fail";
     match compression {
-        Compression::Uncompressed => bytes,
+        Compression::Uncompressed => bytes.to_vec(),
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(bytes.len() / 4),
                 flate2::Compression::default(),
             );
-            enc.write_all(&bytes).expect(writing);
+            enc.write_all(bytes).expect(writing);
             enc.finish().expect(writing)
         }
-        Compression::Zstd => zstd::bulk::compress(&bytes, 3).expect(writing),
+        Compression::Zstd => zstd::bulk::compress(bytes, 3).expect(writing),
         Compression::Snappy => {
             let mut enc = snap::write::FrameEncoder::new(Vec::with_capacity(bytes.len() / 2));
-            enc.write_all(&bytes).expect(writing);
+            enc.write_all(bytes).expect(writing);
             enc.into_inner().map_err(|e| e.to_string()).expect(writing)
         }
     }
@@ -60,14 +32,11 @@ pub fn compress(bytes: Vec<u8>, compression: Compression) -> Vec<u8> {
 /// `max` of them (an object in a bucket may come from anywhere).
 pub fn decompress(bytes: &[u8], compression: Compression, max: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let reader: Box<dyn Read + '_> = match compression {
-        Compression::Uncompressed => Box::new(bytes),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(bytes)?),
-        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(bytes)),
-    };
+    let reader = decoder(bytes, compression)?;
     let mut out = Vec::new();
-    reader.take(max as u64 + 1).read_to_end(&mut out)?;
+    reader
+        .take((max as u64).saturating_add(1))
+        .read_to_end(&mut out)?;
     if out.len() > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -75,6 +44,20 @@ pub fn decompress(bytes: &[u8], compression: Compression, max: usize) -> std::io
         ));
     }
     Ok(out)
+}
+
+/// The bytes `compressed` holds: every gzip member, zstd frame and Snappy
+/// stream in it, one after another.
+pub fn decoder<'a, R: std::io::Read + 'a>(
+    compressed: R,
+    compression: Compression,
+) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+    Ok(match compression {
+        Compression::Uncompressed => Box::new(compressed),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(compressed)?),
+        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(compressed)),
+    })
 }
 
 #[cfg(test)]
@@ -93,7 +76,7 @@ mod tests {
             Compression::Zstd,
             Compression::Snappy,
         ] {
-            let packed = compress(data.clone(), c);
+            let packed = compress(&data, c);
             let mut out = Vec::new();
             match c {
                 Compression::Uncompressed => out = packed.clone(),
@@ -114,16 +97,5 @@ mod tests {
                 assert!(packed.len() < data.len() / 2, "{c:?} compresses");
             }
         }
-    }
-
-    #[test]
-    fn delimiter_adds_a_newline_after_each_record() {
-        let bytes = b"{\"a\":1}{\"b\":2}";
-        let r = Records {
-            bytes,
-            ends: &[7, 14],
-        };
-        assert_eq!(json_lines(&r, true), b"{\"a\":1}\n{\"b\":2}\n");
-        assert_eq!(json_lines(&r, false), bytes);
     }
 }

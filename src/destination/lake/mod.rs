@@ -1,22 +1,25 @@
 //! The lake: objects in a bucket, local or on S3.
 //!
 //! - `store`: where each bucket lives, and atomic writes to it;
-//! - `encode`: records into JSON lines, compressed;
+//! - `spool`: an object's bytes on their way to the store, on disk;
+//! - `encode`: compression, and back;
 //! - `parquet`: records into Parquet, with a declared or inferred schema;
 //! - `columns`: the columns of one Parquet object, built a record at a time.
 
 pub mod columns;
 pub mod encode;
 pub mod parquet;
+pub mod spool;
 pub mod store;
 
-use std::io;
+use std::io::{self, Read};
 
 use chrono::{DateTime, Utc};
 
 use super::{Destination, Kind, Object};
 use crate::delivery::prefix::Template;
 use crate::spec::Compression;
+use spool::{Spool, SPILL_BYTES};
 use store::Stores;
 
 /// Objects go to one bucket, under the keys delivery gives them.
@@ -27,7 +30,7 @@ pub struct Lake {
 
 impl Destination for Lake {
     fn write(&self, rt: &tokio::runtime::Handle, o: &Object<'_>) -> io::Result<()> {
-        self.stores.put(rt, &self.bucket, o.key, o.body)
+        self.stores.put_body(rt, &self.bucket, o.key, o.body)
     }
 }
 
@@ -41,7 +44,6 @@ pub struct Backup {
     pub compression: Compression,
     /// The stream's own compression: the body is reused when they match.
     pub source_compression: Compression,
-    pub append_delimiter: bool,
 }
 
 impl Destination for Backup {
@@ -58,12 +60,24 @@ impl Destination for Backup {
         let random = crate::delivery::prefix::random_string(&id);
         let key = self.prefix.eval(at, &random, None) + name + self.compression.extension();
         if self.compression == self.source_compression {
-            return self.stores.put(rt, &self.bucket, &key, o.body);
+            return self.stores.put_body(rt, &self.bucket, &key, o.body);
         }
-        let body = encode::compress(
-            encode::json_lines(&o.records, self.append_delimiter),
-            self.compression,
-        );
-        self.stores.put(rt, &self.bucket, &key, &body)
+        // The same bytes in the backup's compression, a spill at a time.
+        let mut raw =
+            encode::decoder(std::fs::File::open(o.body.path())?, self.source_compression)?;
+        let mut spool = Spool::new(self.stores.local.scratch(), self.compression);
+        let mut chunk = vec![0; SPILL_BYTES];
+        loop {
+            let n = raw.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            spool.push(&chunk[..n]);
+            if spool.held() >= SPILL_BYTES {
+                spool.spill()?;
+            }
+        }
+        let body = spool.finish()?;
+        self.stores.put_body(rt, &self.bucket, &key, &body)
     }
 }

@@ -40,6 +40,10 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, ListArray, RecordBatch, StructArray,
+};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, GzipLevel, ZstdLevel};
@@ -475,8 +479,8 @@ const WRITE_ROWS: usize = 1024;
 /// (and at Parquet's default of 1,048,576 rows), page and column-chunk
 /// statistics, and the Arrow schema in the footer so Arrow readers get back
 /// the exact types.
-pub struct ParquetWriter {
-    writer: ArrowWriter<Vec<u8>>,
+pub struct ParquetWriter<W: std::io::Write + Send = Vec<u8>> {
+    writer: ArrowWriter<W>,
     block_size_bytes: usize,
 }
 
@@ -486,6 +490,17 @@ fn parquet_error(e: datafusion::parquet::errors::ParquetError) -> String {
 
 impl ParquetWriter {
     pub fn new(schema: &TableSchema, opts: &ParquetOptions) -> Result<ParquetWriter, String> {
+        ParquetWriter::to(Vec::new(), schema, opts)
+    }
+}
+
+impl<W: std::io::Write + Send> ParquetWriter<W> {
+    /// A writer of a file into `sink`, which gets each row group as it is cut.
+    pub fn to(
+        sink: W,
+        schema: &TableSchema,
+        opts: &ParquetOptions,
+    ) -> Result<ParquetWriter<W>, String> {
         if schema.columns.is_empty() {
             return Err("the schema has no columns yet".into());
         }
@@ -507,7 +522,7 @@ impl ParquetWriter {
             .set_statistics_enabled(EnabledStatistics::Page)
             .build();
         let writer =
-            ArrowWriter::try_new(Vec::new(), schema.arrow(), Some(props)).map_err(parquet_error)?;
+            ArrowWriter::try_new(sink, schema.arrow(), Some(props)).map_err(parquet_error)?;
         Ok(ParquetWriter {
             writer,
             block_size_bytes: opts.block_size_bytes,
@@ -516,7 +531,11 @@ impl ParquetWriter {
 
     /// Writes the rows of `columns`, which must follow the writer's schema.
     pub fn write(&mut self, columns: Columns) -> Result<(), String> {
-        let batch = columns.finish()?;
+        self.write_batch(&columns.finish()?)
+    }
+
+    /// Writes the rows of `batch`, which must follow the writer's schema.
+    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let row_bytes = batch.get_array_memory_size() / batch.num_rows().max(1);
         let step =
             (self.block_size_bytes / 8 / row_bytes.max(1)).clamp(WRITE_ROWS, 64 * WRITE_ROWS);
@@ -529,9 +548,71 @@ impl ParquetWriter {
         Ok(())
     }
 
-    /// The file's bytes.
-    pub fn finish(self) -> Result<Vec<u8>, String> {
+    /// The sink, holding the whole file.
+    pub fn finish(self) -> Result<W, String> {
         self.writer.into_inner().map_err(parquet_error)
+    }
+}
+
+/// `batch`, converted earlier under an inferred schema that `schema` has
+/// since extended (columns and struct fields added, bigint widened to
+/// double), in `schema`'s shape: what `Columns::widen` does, on arrays.
+pub fn conform_batch(batch: &RecordBatch, schema: &TableSchema) -> Result<RecordBatch, String> {
+    let target = schema.arrow();
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch.clone());
+    }
+    let arrays = conform_fields(
+        batch.schema().fields(),
+        batch.columns(),
+        target.fields(),
+        batch.num_rows(),
+    )?;
+    RecordBatch::try_new(target, arrays).map_err(|e| e.to_string())
+}
+
+fn conform_fields(
+    have: &Fields,
+    arrays: &[ArrayRef],
+    want: &Fields,
+    rows: usize,
+) -> Result<Vec<ArrayRef>, String> {
+    want.iter()
+        .map(|f| match have.iter().position(|h| h.name() == f.name()) {
+            Some(i) => conform_array(&arrays[i], f.data_type()),
+            None => Ok(new_null_array(f.data_type(), rows)),
+        })
+        .collect()
+}
+
+fn conform_array(a: &ArrayRef, want: &DataType) -> Result<ArrayRef, String> {
+    if a.data_type() == want {
+        return Ok(a.clone());
+    }
+    match (a.data_type(), want) {
+        (DataType::Int64, DataType::Float64) => cast(a, want).map_err(|e| e.to_string()),
+        (DataType::Struct(have), DataType::Struct(fields)) => {
+            let s = a.as_struct();
+            let children = conform_fields(have, s.columns(), fields, s.len())?;
+            Ok(Arc::new(
+                StructArray::try_new(fields.clone(), children, s.nulls().cloned())
+                    .map_err(|e| e.to_string())?,
+            ))
+        }
+        (DataType::List(_), DataType::List(field)) => {
+            let l = a.as_list::<i32>();
+            let values = conform_array(l.values(), field.data_type())?;
+            Ok(Arc::new(
+                ListArray::try_new(
+                    field.clone(),
+                    l.offsets().clone(),
+                    values,
+                    l.nulls().cloned(),
+                )
+                .map_err(|e| e.to_string())?,
+            ))
+        }
+        (have, want) => Err(format!("a column converted as {have} cannot become {want}")),
     }
 }
 

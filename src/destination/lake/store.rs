@@ -4,7 +4,9 @@
 //! A put is atomic and durable: the bytes go to a temporary file outside the
 //! lake (their writeback started every 4 MiB, so that a large object never
 //! queues all of itself ahead of the log's writes), are fsynced, renamed
-//! into place, and the directories above are fsynced. A reader therefore sees the whole object or nothing, and once a
+//! into place, and the directories above are fsynced (a body delivery
+//! spooled, see `spool`, is durable already and is hard-linked instead of
+//! copied). A reader therefore sees the whole object or nothing, and once a
 //! put returns the object survives a machine crash, which is what lets
 //! delivery remove the log records it came from. Putting a key that exists
 //! replaces it atomically, which is how a replayed batch overwrites instead
@@ -14,6 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::spool::Body;
 use crate::log::sync_dir;
 
 #[derive(Debug, Clone)]
@@ -84,21 +87,61 @@ impl LocalStore {
         Ok(keys)
     }
 
+    /// Where bodies are written before they are put (see `spool`).
+    pub fn scratch(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) -> io::Result<()> {
         check(bucket, key)?;
+        self.place(bucket, key, |tmp| {
+            let mut f = File::create(tmp)?;
+            WriteBehind::default().write(&mut f, bytes)?;
+            f.sync_all()
+        })
+    }
+
+    /// Puts a finished body: linked into place (it is durable already), or
+    /// copied where the scratch directory is on another file system.
+    pub fn put_body(&self, bucket: &str, key: &str, body: &Body) -> io::Result<()> {
+        check(bucket, key)?;
+        self.place(bucket, key, |tmp| match fs::hard_link(body.path(), tmp) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let mut from = File::open(body.path())?;
+                let mut f = File::create(tmp)?;
+                let mut chunk = vec![0; WRITE_BEHIND_BYTES];
+                let mut behind = WriteBehind::default();
+                loop {
+                    let n = io::Read::read(&mut from, &mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    behind.write(&mut f, &chunk[..n])?;
+                }
+                f.sync_all()
+            }
+        })
+    }
+
+    /// Makes `bucket/key` the durable file `fill` writes at a temporary
+    /// path outside the lake: renamed into place, and every directory from
+    /// the object's up to the lake's fsynced (the key is checked, so that
+    /// is one per segment, all inside the lake).
+    fn place(
+        &self,
+        bucket: &str,
+        key: &str,
+        fill: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
         let target = self.path(bucket, key);
         let bucket_dir = self.lake.join(bucket);
         let parent = target.parent().unwrap_or(&bucket_dir).to_path_buf();
         let tmp = self.tmp.join(uuid::Uuid::new_v4().to_string());
         let result = (|| {
-            let mut f = File::create(&tmp)?;
-            write_behind(&mut f, bytes)?;
-            f.sync_all()?;
+            fill(&tmp)?;
             fs::create_dir_all(&parent)?;
             fs::rename(&tmp, &target)?;
-            // Make the rename, and any directory it needed, durable: every
-            // directory from the object's up to the lake's. The key is
-            // checked, so that is one per segment, all inside the lake.
             let mut dir = parent.as_path();
             while dir.starts_with(&self.lake) {
                 sync_dir(dir)?;
@@ -119,46 +162,94 @@ impl LocalStore {
 /// How much of an object is written before its writeback is started.
 const WRITE_BEHIND_BYTES: usize = 4 << 20;
 
-/// Writes `bytes` with their writeback started chunk by chunk, waiting for
+/// Writes to a file with its writeback started chunk by chunk, waiting for
 /// each chunk's before the next is started: the disk never holds more than
 /// two chunks of an object queued ahead of the log's small synchronous
 /// writes, instead of the whole object at its final sync (which is what
 /// made acknowledgements wait while a large object was delivered).
 ///
 /// Where the file system does not support it, the bytes are simply
-/// written. A write error it reports fails the put: the kernel reports a
+/// written. A write error it reports fails the write: the kernel reports a
 /// writeback error to a descriptor once, so the final fsync would not.
-fn write_behind(f: &mut File, bytes: &[u8]) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    // Ok(false): not supported here.
-    let range = |at: usize, len: usize, flags: libc::c_uint| -> io::Result<bool> {
-        // SAFETY: sync_file_range on an open descriptor, no memory involved.
-        if unsafe { libc::sync_file_range(fd, at as i64, len as i64, flags) } == 0 {
-            return Ok(true);
+#[derive(Debug)]
+pub struct WriteBehind {
+    /// Bytes written; whose writeback was started; waited for.
+    written: u64,
+    started: u64,
+    waited: u64,
+    supported: bool,
+}
+
+impl Default for WriteBehind {
+    fn default() -> Self {
+        WriteBehind {
+            written: 0,
+            started: 0,
+            waited: 0,
+            supported: true,
         }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP) => Ok(false),
-            _ => Err(e),
+    }
+}
+
+impl WriteBehind {
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Forgets what was written past `len` (the file was truncated to it).
+    pub fn rewind(&mut self, len: u64) {
+        self.written = len;
+        self.started = self.started.min(len);
+        self.waited = self.waited.min(len);
+    }
+
+    /// Appends `bytes` to `f`, which holds the bytes written so far.
+    pub fn write(&mut self, f: &mut File, bytes: &[u8]) -> io::Result<()> {
+        for piece in bytes.chunks(WRITE_BEHIND_BYTES) {
+            f.write_all(piece)?;
+            self.written += piece.len() as u64;
+            if self.supported && self.written - self.started >= WRITE_BEHIND_BYTES as u64 {
+                self.supported = self.hint(f)?;
+            }
         }
-    };
-    let (mut at, mut hinting) = (0, true);
-    for chunk in bytes.chunks(WRITE_BEHIND_BYTES) {
-        f.write_all(chunk)?;
-        hinting = hinting && range(at, chunk.len(), libc::SYNC_FILE_RANGE_WRITE)?;
-        if hinting && at > 0 {
-            hinting = range(
-                at - WRITE_BEHIND_BYTES,
-                WRITE_BEHIND_BYTES,
+        Ok(())
+    }
+
+    /// Starts the writeback of what is not started, then waits for what
+    /// was started before. Ok(false): not supported here.
+    fn hint(&mut self, f: &File) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        let range = |at: u64, len: u64, flags: libc::c_uint| -> io::Result<bool> {
+            // SAFETY: sync_file_range on an open descriptor, no memory involved.
+            if unsafe { libc::sync_file_range(fd, at as i64, len as i64, flags) } == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP) => Ok(false),
+                _ => Err(e),
+            }
+        };
+        let started = self.started;
+        if !range(started, self.written - started, libc::SYNC_FILE_RANGE_WRITE)? {
+            return Ok(false);
+        }
+        self.started = self.written;
+        if started > self.waited {
+            if !range(
+                self.waited,
+                started - self.waited,
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | libc::SYNC_FILE_RANGE_WRITE
                     | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )?;
+            )? {
+                return Ok(false);
+            }
+            self.waited = started;
         }
-        at += chunk.len();
+        Ok(true)
     }
-    Ok(())
 }
 
 /// Checks a bucket and key where they are used, whatever made them: a key
@@ -265,6 +356,53 @@ impl Stores {
             return self.local.put(bucket, key, bytes);
         }
         rt.block_on(self.put_async(bucket, key, bytes))
+    }
+
+    /// Puts a finished body; S3 takes a large one in parts, read from its
+    /// file a part at a time.
+    pub fn put_body(
+        &self,
+        rt: &tokio::runtime::Handle,
+        bucket: &str,
+        key: &str,
+        body: &Body,
+    ) -> io::Result<()> {
+        let Some(store) = self.s3.get(bucket) else {
+            return self.local.put_body(bucket, key, body);
+        };
+        check(bucket, key)?;
+        if body.len() <= MULTIPART_BYTES as u64 {
+            return rt.block_on(self.put_async(bucket, key, &body.read()?));
+        }
+        use object_store::ObjectStoreExt;
+        let path = object_store::path::Path::from(key);
+        let mut file = File::open(body.path())?;
+        rt.block_on(async {
+            // S3 shows a multipart object only once it is completed.
+            let upload = store.put_multipart(&path).await.map_err(io::Error::other)?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            let mut part = vec![0; PART_BYTES];
+            let sent: io::Result<()> = async {
+                loop {
+                    let n = io::Read::read(&mut file, &mut part)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    // At most two parts in flight: memory stays at a few parts.
+                    w.wait_for_capacity(2).await.map_err(io::Error::other)?;
+                    w.write(&part[..n]);
+                }
+            }
+            .await;
+            match sent {
+                Ok(()) => w.finish().await.map(|_| ()).map_err(io::Error::other),
+                Err(e) => {
+                    // Unfinished parts are kept (and billed) until aborted.
+                    let _ = w.abort().await;
+                    Err(e)
+                }
+            }
+        })
     }
 
     /// An object's bytes.

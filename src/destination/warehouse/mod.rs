@@ -116,7 +116,7 @@ impl Destination for Warehouse {
                 key: o.key.to_string(),
                 first: o.first,
                 end: o.end,
-                records: o.records.ends.len() as u64,
+                records: o.records,
                 oldest_ms: o.oldest_ms,
                 failing_since_ms: None,
             })?;
