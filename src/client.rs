@@ -143,6 +143,22 @@ impl Firehose {
         op: &str,
         body: impl Into<bytes::Bytes>,
     ) -> Result<Value, ClientError> {
+        let bytes = self.call_raw(op, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Response(format!(
+                "HTTP 200: {e}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })
+    }
+
+    /// A call's successful response body, unparsed; an error response is
+    /// parsed into `ClientError::Aws`.
+    async fn call_raw(
+        &self,
+        op: &str,
+        body: impl Into<bytes::Bytes>,
+    ) -> Result<bytes::Bytes, ClientError> {
         let body: bytes::Bytes = body.into();
         let mut headers = vec![
             (
@@ -180,15 +196,15 @@ impl Firehose {
             url: self.url.clone(),
             err,
         })?;
+        if status == 200 {
+            return Ok(bytes);
+        }
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ClientError::Response(format!(
                 "HTTP {status}: {e}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
             ))
         })?;
-        if status == 200 {
-            return Ok(v);
-        }
         let code = v["__type"].as_str().unwrap_or("Unknown");
         Err(ClientError::Aws {
             status,
@@ -206,11 +222,25 @@ impl Firehose {
         &self,
         body: impl Into<bytes::Bytes>,
     ) -> Result<Vec<usize>, ClientError> {
-        let v = self.call("PutRecordBatch", body).await?;
-        let failed = v["FailedPutCount"].as_u64().unwrap_or(0);
-        if failed == 0 {
+        /// The count alone: the 500 record ids are skipped, not built
+        /// (a load generator's client shares the machine it measures).
+        #[derive(serde::Deserialize)]
+        struct Count {
+            #[serde(rename = "FailedPutCount")]
+            failed: u64,
+        }
+        let bytes = self.call_raw("PutRecordBatch", body).await?;
+        let malformed = |e: serde_json::Error| {
+            ClientError::Response(format!(
+                "PutRecordBatch: {e}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        };
+        let count: Count = serde_json::from_slice(&bytes).map_err(malformed)?;
+        if count.failed == 0 {
             return Ok(vec![]);
         }
+        let v: Value = serde_json::from_slice(&bytes).map_err(malformed)?;
         Ok(v["RequestResponses"]
             .as_array()
             .map(|a| {
