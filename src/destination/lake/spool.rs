@@ -73,6 +73,19 @@ impl Drop for Body {
     }
 }
 
+/// Appends `bytes` to the file at `path`, or, on an error (a full disk),
+/// leaves it as it was.
+fn append(path: &Path, behind: &mut WriteBehind, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let before = behind.written();
+    if let Err(e) = behind.write(&mut f, bytes) {
+        let _ = f.set_len(before);
+        behind.rewind(before);
+        return Err(e);
+    }
+    Ok(())
+}
+
 fn scratch_path(dir: &Path) -> PathBuf {
     dir.join(format!("body-{}", uuid::Uuid::new_v4().simple()))
 }
@@ -180,16 +193,7 @@ impl Spool {
                 &member[..]
             }
         };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        let before = self.behind.written();
-        if let Err(e) = self.behind.write(&mut f, bytes) {
-            let _ = f.set_len(before);
-            self.behind.rewind(before);
-            return Err(e);
-        }
+        append(&self.path, &mut self.behind, bytes)?;
         self.raw.clear();
         if self.raw.capacity() > 2 * SPILL_BYTES {
             self.raw.shrink_to(SPILL_BYTES);
@@ -291,16 +295,7 @@ impl ColumnSpool {
         let Some(bytes) = &self.unwritten else {
             return Ok(());
         };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        let before = self.behind.written();
-        if let Err(e) = self.behind.write(&mut f, bytes) {
-            let _ = f.set_len(before);
-            self.behind.rewind(before);
-            return Err(e);
-        }
+        append(&self.path, &mut self.behind, bytes)?;
         self.ends.push(self.behind.written());
         self.unwritten = None;
         Ok(())
