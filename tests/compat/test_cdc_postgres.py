@@ -75,10 +75,10 @@ def source_rows(pgsrc, schema, table="items", key="id"):
     return {json.dumps({k: r[k] for k in keys}, sort_keys=True): r for r in rows}
 
 
-def check_replay(pgsrc, schema, server, table="items"):
+def check_replay(pgsrc, schema, server, table="items", key="id"):
     """The lake's change log, replayed, equals the source table; no change
     record appears twice, no row is read by the snapshot twice."""
-    target = source_rows(pgsrc, schema, table)
+    target = source_rows(pgsrc, schema, table, key)
     seen = {}
 
     def caught_up():
@@ -459,6 +459,101 @@ def test_delete_drops_the_slot_and_the_publication(pgsrc, schema, make_server):
     pgsrc.execute(f"INSERT INTO {schema}.items VALUES (2, 2, NULL)")
     wait_for(lambda: [c["key"]["id"] for c in changes(server, prefix="kept/")] == [1, 2], timeout=60,
              what="the kept stream's change")
+
+
+# --- partitioned tables -----------------------------------------------------
+
+def create_events(pgsrc, schema, regions=("eu", "us")):
+    """`events`, partitioned by region, every partition REPLICA IDENTITY FULL."""
+    pgsrc.execute(f"CREATE TABLE {schema}.events (id bigint, region text, v integer, PRIMARY KEY (id, region)) "
+                  "PARTITION BY LIST (region)")
+    for r in regions:
+        add_partition(pgsrc, schema, r)
+
+
+def add_partition(pgsrc, schema, region, full=True):
+    pgsrc.execute(f"CREATE TABLE {schema}.events_{region} PARTITION OF {schema}.events FOR VALUES IN ('{region}')")
+    if full:
+        pgsrc.execute(f"ALTER TABLE {schema}.events_{region} REPLICA IDENTITY FULL")
+
+
+def stopped(client, name):
+    """The stream's FailureDescription once it has stopped."""
+    return wait_for(lambda: (lambda f: f if f and "stopped" in f["Details"] else None)(
+        describe(client, name).get("FailureDescription")), timeout=60, what=f"stream {name} to stop")
+
+
+def test_a_partitioned_table_is_captured_as_one_table(pgsrc, schema, make_server):
+    create_events(pgsrc, schema)
+    pgsrc.execute(f"INSERT INTO {schema}.events SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g "
+                  "FROM generate_series(1, 100) g")
+    server = make_server(pgsrc.config())
+    client = server.client()
+    client.create_delivery_stream(**pg_cdc_request("parts", pgsrc.port, [f"{schema}.*"]))
+    wait_for(lambda: snapshot_complete(client, "parts"), timeout=60, what="the snapshot")
+    tables = [i["Table"] for i in describe(client, "parts")["Source"]["DatabaseSourceDescription"]["SnapshotInfo"]]
+    assert tables == [f"{schema}.events"], tables
+    capture_slot(pgsrc, server, "parts")
+    pgsrc.execute(f"UPDATE {schema}.events SET v = v + 1000 WHERE id <= 10")
+    pgsrc.execute(f"DELETE FROM {schema}.events WHERE id BETWEEN 11 AND 20")
+    # Into another partition: PostgreSQL deletes there and inserts here.
+    pgsrc.execute(f"UPDATE {schema}.events SET region = 'us', v = -22 WHERE id = 22")
+    # A partition added later is captured from its first change.
+    add_partition(pgsrc, schema, "ap")
+    pgsrc.execute(f"INSERT INTO {schema}.events VALUES (1000, 'ap', 1), (1001, 'ap', 2)")
+    pgsrc.execute(f"UPDATE {schema}.events SET v = 3 WHERE id = 1001")
+    got = check_replay(pgsrc, schema, server, table="events", key="id,region")
+    assert {c["source"]["table"] for c in got} == {"events"}, {c["source"]["table"] for c in got}
+    ops = [c["op"] for c in got]
+    assert ops.count("r") == 100 and ops.count("u") == 11 and ops.count("d") == 11 and ops.count("c") == 3, ops
+    moved = [(c["op"], c["before"], c["after"]) for c in got if c["key"] == {"id": 22, "region": "us"}
+             or c["key"] == {"id": 22, "region": "eu"}][1:]
+    assert moved == [("d", {"id": 22, "region": "eu", "v": 22}, None),
+                     ("c", None, {"id": 22, "region": "us", "v": -22})], moved
+    # TRUNCATE of the table is a `t` record.
+    pgsrc.execute(f"TRUNCATE {schema}.events")
+    pgsrc.execute(f"INSERT INTO {schema}.events VALUES (7, 'eu', 7), (8, 'us', 8)")
+    got = check_replay(pgsrc, schema, server, table="events", key="id,region")
+    assert [c["op"] for c in got][-3:] == ["t", "c", "c"], [c["op"] for c in got][-3:]
+    # One partition truncated alone: its rows cannot be deleted record by
+    # record, so the stream stops naming it, and a snapshot recovers.
+    pgsrc.execute(f"TRUNCATE {schema}.events_us")
+    failure = stopped(client, "parts")
+    assert f"{schema}.events_us" in failure["Details"] and "truncated" in failure["Details"], failure
+    status, body = post(server, "/-/streams/parts/snapshot")
+    assert status == 202, body
+    wait_for(lambda: "FailureDescription" not in describe(client, "parts") and snapshot_complete(client, "parts"),
+             timeout=60, what="the new snapshot")
+    capture_slot(pgsrc, server, "parts")
+    # A partition added later without REPLICA IDENTITY FULL takes inserts;
+    # its first update stops the stream, naming it, never a record without
+    # its before image.
+    add_partition(pgsrc, schema, "sa", full=False)
+    pgsrc.execute(f"INSERT INTO {schema}.events VALUES (50, 'sa', 50)")
+    check_replay(pgsrc, schema, server, table="events", key="id,region")
+    pgsrc.execute(f"UPDATE {schema}.events SET v = 51 WHERE id = 50")
+    failure = stopped(client, "parts")
+    assert f"{schema}.events_sa" in failure["Details"] and "REPLICA IDENTITY FULL" in failure["Details"], failure
+    assert all(c["before"] is not None for c in changes(server) if c["op"] in ("u", "d"))
+
+
+def test_a_partition_without_replica_identity_full_is_refused(pgsrc, schema, make_server):
+    create_events(pgsrc, schema, regions=("eu",))
+    add_partition(pgsrc, schema, "us", full=False)
+    server = make_server(pgsrc.config())
+    client = server.client()
+    slots, publications = set(pgsrc.slots()), pgsrc.publications()
+    code = refused(client, pg_cdc_request("part", pgsrc.port, [f"{schema}.events"]), f"{schema}.events_us",
+                   "REPLICA IDENTITY FULL")
+    assert code == "InvalidArgumentException"
+    nothing_left(pgsrc, client, slots, publications)
+    pgsrc.execute(f"ALTER TABLE {schema}.events_us REPLICA IDENTITY FULL")
+    client.create_delivery_stream(**pg_cdc_request("part", pgsrc.port, [f"{schema}.events"]))
+    wait_for(lambda: snapshot_complete(client, "part"), timeout=60, what="the snapshot")
+    capture_slot(pgsrc, server, "part")
+    pgsrc.execute(f"INSERT INTO {schema}.events VALUES (1, 'us', 1)")
+    got = wait_for(lambda: at_least(server, 1), timeout=60, what="the insert")
+    assert [(c["op"], c["source"]["table"], c["key"]) for c in got] == [("c", "events", {"id": 1, "region": "us"})]
 
 
 # --- refusals at create -----------------------------------------------------

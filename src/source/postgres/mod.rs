@@ -11,6 +11,12 @@
 //! fails on one that did not exist yet. DeleteDeliveryStream drops both,
 //! so a deleted stream never pins the server's WAL.
 //!
+//! A partitioned table is published as itself, so the server publishes
+//! its partitions, later ones included, each under its own relation; the
+//! reader takes a partition's changes as its topmost captured ancestor's
+//! (`pg_partition_ancestors`). `publish_via_partition_root` would name the
+//! ancestor for it, but would also drop a partition's TRUNCATE unseen.
+//!
 //! # Snapshot without locks (DBLog's watermarks)
 //!
 //! As for MySQL (see `mysql`): each table is read in primary-key chunks on
@@ -64,7 +70,7 @@ pub mod pgoutput;
 pub mod value;
 pub mod wire;
 
-use pgoutput::{Datum, Message};
+use pgoutput::{Datum, Message, Old};
 use value::{to_json, Kind};
 use wire::{Event, Login, Replication, WireError, PG_EPOCH_US};
 
@@ -132,6 +138,9 @@ pub struct Table {
     /// The columns that identify a row (primary key or SurrogateKeys).
     pub key: Vec<usize>,
     pub estimated_rows: u64,
+    /// A partitioned table, captured whole: its partitions' changes are
+    /// taken as its own.
+    pub partitioned: bool,
 }
 
 #[derive(Debug)]
@@ -369,15 +378,40 @@ async fn discover(
 ) -> Result<Vec<Table>, SourceError> {
     let rows = c
         .query(
-            "SELECT n.nspname::text, c.relname::text, c.relreplident::text, \
-                    greatest(c.reltuples, 0)::float8, has_table_privilege(c.oid, 'SELECT'), \
+            // Per partitioned table: its leaf partitions' rows, and the
+            // first leaf whose changes would not come whole (not FULL, or a
+            // foreign table, whose changes are not in the WAL at all). Per
+            // partition: its ancestors, any of which may be the table
+            // captured in its stead.
+            "WITH RECURSIVE tree(root, oid) AS ( \
+                 SELECT c.oid, c.oid FROM pg_class c WHERE c.relkind = 'p' \
+                 UNION ALL SELECT t.root, i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.oid \
+             ), leaves AS ( \
+                 SELECT t.root, sum(greatest(l.reltuples, 0)) AS n, \
+                        min(json_build_array(ln.nspname, l.relname)::text) FILTER ( \
+                            WHERE l.relkind = 'f' OR (l.relkind = 'r' AND l.relreplident <> 'f')) AS unfit \
+                 FROM tree t JOIN pg_class l ON l.oid = t.oid JOIN pg_namespace ln ON ln.oid = l.relnamespace \
+                 WHERE t.oid <> t.root GROUP BY t.root \
+             ), up(child, oid) AS ( \
+                 SELECT i.inhrelid, i.inhparent FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE c.relispartition \
+                 UNION ALL SELECT u.child, i.inhparent FROM up u JOIN pg_inherits i ON i.inhrelid = u.oid \
+             ), ancestors AS ( \
+                 SELECT u.child, json_agg(json_build_array(an.nspname, ac.relname))::text AS names \
+                 FROM up u JOIN pg_class ac ON ac.oid = u.oid JOIN pg_namespace an ON an.oid = ac.relnamespace \
+                 GROUP BY u.child \
+             ) \
+             SELECT n.nspname::text, c.relname::text, c.relreplident::text, \
+                    coalesce(lv.n, greatest(c.reltuples, 0))::float8, has_table_privilege(c.oid, 'SELECT'), \
                     a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), \
                     coalesce((SELECT k.n FROM unnest(i.indkey) WITH ORDINALITY k(att, n) \
-                              WHERE k.att = a.attnum), 0)::int4 \
+                              WHERE k.att = a.attnum), 0)::int4, \
+                    c.relkind::text, lv.unfit, up.names, current_setting('server_version_num')::int4 \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             LEFT JOIN leaves lv ON lv.root = c.oid LEFT JOIN ancestors up ON up.child = c.oid \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_toast%' \
              ORDER BY 1, 2, a.attnum",
             &[],
@@ -390,9 +424,20 @@ async fn discover(
     let mut tables: Vec<Table> = Vec::new();
     // Per table: its primary key's columns by position in the key.
     let mut pks: Vec<Vec<(i32, usize)>> = Vec::new();
+    let captured = |schema: &str, name: &str| {
+        spec.tables.selects(&[schema, name]) && !(schema == wschema && name == wtable)
+    };
     for r in &rows {
         let (schema, name): (String, String) = (r.get(0), r.get(1));
-        if !spec.tables.selects(&[&schema, &name]) || (&schema == wschema && &name == wtable) {
+        if !captured(&schema, &name) {
+            continue;
+        }
+        // A partition of a captured table is captured as that table.
+        let ancestors: Option<String> = r.get(11);
+        let ancestors: Vec<(String, String)> = ancestors
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default();
+        if ancestors.iter().any(|(s, n)| captured(s, n)) {
             continue;
         }
         let dotted = format!("{schema}.{name}");
@@ -401,12 +446,32 @@ async fn discover(
             .is_none_or(|t| *t.schema != *schema || *t.name != *name);
         if new_table {
             let identity: String = r.get(2);
-            if identity != "f" {
+            let partitioned = r.get::<_, String>(9) == "p";
+            // A partitioned table logs nothing itself; its partitions do.
+            if identity != "f" && !partitioned {
                 return Err(SourceError::Retry(format!(
                     "table {dotted} does not have REPLICA IDENTITY FULL, so its changes would lack whole \
                      before images: ALTER TABLE {}.{} REPLICA IDENTITY FULL, or leave it out with Tables.Exclude",
                     ident(&schema),
                     ident(&name)
+                )));
+            }
+            if partitioned && r.get::<_, i32>(12) < 130_000 {
+                return Err(SourceError::Retry(format!(
+                    "table {dotted} is partitioned, and publishing a partitioned table needs \
+                     PostgreSQL 13 or later: capture its partitions instead (Tables.Exclude \
+                     {dotted})"
+                )));
+            }
+            if let Some(unfit) = r.get::<_, Option<String>>(10) {
+                let (ps, pn): (String, String) = serde_json::from_str(&unfit).unwrap_or_default();
+                return Err(SourceError::Retry(format!(
+                    "partition {ps}.{pn} of {dotted} is a foreign table or lacks REPLICA IDENTITY FULL, \
+                     so its changes would not reach the stream whole: ALTER TABLE {}.{} REPLICA \
+                     IDENTITY FULL (on every partition, and on partitions added later before they \
+                     are updated), or leave {dotted} out with Tables.Exclude",
+                    ident(&ps),
+                    ident(&pn)
                 )));
             }
             if !r.get::<_, bool>(4) {
@@ -423,6 +488,7 @@ async fn discover(
                 columns: Vec::new(),
                 key: Vec::new(),
                 estimated_rows: estimated as u64,
+                partitioned,
             });
             pks.push(Vec::new());
         }
@@ -494,7 +560,9 @@ async fn watermark_table(c: &Client, spec: &DatabaseSpec) -> Result<(), SourceEr
 }
 
 /// Creates the stream's publication over the tables and the watermark
-/// table, or adds to it the tables it lacks.
+/// table, or adds to it the tables it lacks. A partitioned table publishes
+/// its partitions, those added later included; their changes arrive as
+/// theirs, and the reader takes them as the table's.
 async fn publication(
     c: &Client,
     name: &str,
@@ -513,7 +581,11 @@ async fn publication(
         .is_some();
     let have: HashSet<(String, String)> = c
         .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            // Its members as named, not pg_publication_tables (which lists
+            // a partitioned table's partitions in its stead).
+            "SELECT n.nspname::text, c.relname::text FROM pg_publication_rel r \
+             JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1",
             &[&name],
         )
         .await
@@ -801,6 +873,9 @@ struct Reader<'a> {
     /// `schema.table` to the table as the catalog has it (for snapshots).
     tables: HashMap<String, Arc<Table>>,
     rels: HashMap<u32, Rel>,
+    /// A streamed partition's relation to its name (`schema.table`); its
+    /// changes are its captured ancestor's.
+    partitions: HashMap<u32, String>,
     snaps: BTreeMap<String, Snap>,
     epoch: u64,
     /// End of the last commit read, and the last one recorded.
@@ -903,6 +978,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
         types,
         tables: HashMap::new(),
         rels: HashMap::new(),
+        partitions: HashMap::new(),
         snaps: BTreeMap::new(),
         epoch,
         lsn,
@@ -1131,23 +1207,19 @@ impl Reader<'_> {
                 self.commit(end_lsn, commit_ms).await?;
             }
             Message::Relation(r) => self.relation(r).await?,
-            Message::Insert { rel, new } => self.row(rel, 'c', None, Some(new))?,
+            Message::Insert { rel, new } => self.row(rel, 'c', Old::Missing, Some(new))?,
             Message::Update { rel, old, new } => self.row(rel, 'u', old, Some(new))?,
-            Message::Delete { rel, old } => self.row(rel, 'd', Some(old), None)?,
+            Message::Delete { rel, old } => self.row(rel, 'd', old, None)?,
             Message::Truncate { rels } => {
-                for rel in rels {
-                    if let Some(Rel::Captured(t)) = self.rels.get(&rel) {
-                        let t = t.clone();
-                        self.txn.push(Pending {
-                            change: Change::truncate(&t.schema, &t.name),
-                            keys: Vec::new(),
-                        });
-                        if let Some(c) = &mut self.chunk {
-                            if c.table.dotted() == t.dotted() {
-                                let keys: Vec<String> =
-                                    c.rows.iter().map(|(k, _)| k.clone()).collect();
-                                c.stale.extend(keys);
-                            }
+                for t in self.truncated(&rels).await? {
+                    self.txn.push(Pending {
+                        change: Change::truncate(&t.schema, &t.name),
+                        keys: Vec::new(),
+                    });
+                    if let Some(c) = &mut self.chunk {
+                        if c.table.dotted() == t.dotted() {
+                            let keys: Vec<String> = c.rows.iter().map(|(k, _)| k.clone()).collect();
+                            c.stale.extend(keys);
                         }
                     }
                 }
@@ -1175,12 +1247,18 @@ impl Reader<'_> {
             self.rels.insert(r.oid, rel);
             return Ok(());
         }
-        let dotted = format!("{}.{}", r.schema, r.name);
-        let Some(known) = self.tables.get(&dotted).cloned() else {
+        let own = format!("{}.{}", r.schema, r.name);
+        let Some(known) = self.captured_as(r.oid, &own).await? else {
             self.rels.insert(r.oid, Rel::Ignored);
             return Ok(());
         };
-        if r.replica_identity != b'f' {
+        let dotted = known.dotted();
+        if own != dotted {
+            self.partitions.insert(r.oid, own.clone());
+        }
+        // A partition added later may lack it and still take inserts;
+        // its first update or delete without the old row stops the stream.
+        if r.replica_identity != b'f' && own == dotted {
             return Err(SourceError::Failed(format!(
                 "table {dotted} no longer has REPLICA IDENTITY FULL, so its changes lack whole before \
                  images: ALTER TABLE {}.{} REPLICA IDENTITY FULL, then snapshot again on request",
@@ -1188,11 +1266,11 @@ impl Reader<'_> {
                 ident(&r.name)
             )));
         }
+        // By name: a partition may order its columns otherwise.
         let same = r.columns.len() == known.columns.len()
             && r.columns
                 .iter()
-                .zip(&known.columns)
-                .all(|(a, b)| a.name == b.name);
+                .all(|a| known.columns.iter().any(|b| a.name == b.name));
         let known = if same {
             known
         } else {
@@ -1227,7 +1305,7 @@ impl Reader<'_> {
                 .columns
                 .iter()
                 .map(|c| Column {
-                    selected: spec.columns.selects(&[&r.schema, &r.name, &c.name]),
+                    selected: spec.columns.selects(&[&known.schema, &known.name, &c.name]),
                     name: c.name.clone(),
                     kind: self.types.get(c.type_oid),
                     sql_type: String::new(),
@@ -1235,16 +1313,85 @@ impl Reader<'_> {
                 .collect(),
             key,
             estimated_rows: known.estimated_rows,
+            partitioned: known.partitioned,
         };
         self.rels.insert(r.oid, Rel::Captured(Arc::new(table)));
         Ok(())
+    }
+
+    /// The captured table whose changes a streamed relation's are: the
+    /// table itself, or, for a partition, its topmost captured ancestor.
+    async fn captured_as(&self, oid: u32, own: &str) -> Result<Option<Arc<Table>>, SourceError> {
+        if let Some(t) = self.tables.get(own) {
+            return Ok(Some(t.clone()));
+        }
+        if !self.tables.values().any(|t| t.partitioned) {
+            return Ok(None);
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text \
+                 FROM pg_partition_ancestors($1::oid) WITH ORDINALITY a(relid, i) \
+                 JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 ORDER BY a.i DESC",
+                &[&oid],
+            )
+            .await
+            .map_err(db_error(&format!(
+                "looking up the partitioned table of {own}"
+            )))?;
+        Ok(rows.iter().find_map(|r| {
+            let dotted = format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1));
+            self.tables.get(&dotted).filter(|t| t.partitioned).cloned()
+        }))
+    }
+
+    /// The captured tables a TRUNCATE empties. A partitioned table is
+    /// emptied when each of its partitions is; one truncated alone stops
+    /// the stream, since a `t` record would empty all of the table and the
+    /// partition's rows cannot be deleted one by one.
+    async fn truncated(&self, rels: &[u32]) -> Result<Vec<Arc<Table>>, SourceError> {
+        let mut tables: Vec<Arc<Table>> = Vec::new();
+        for rel in rels {
+            if let Some(Rel::Captured(t)) = self.rels.get(rel) {
+                if !tables.iter().any(|have| have.dotted() == t.dotted()) {
+                    tables.push(t.clone());
+                }
+            }
+        }
+        for t in tables.iter().filter(|t| t.partitioned) {
+            let dotted = t.dotted();
+            let leaves = self
+                .client
+                .query(
+                    "SELECT relid::oid FROM pg_partition_tree($1::text::regclass) WHERE isleaf",
+                    &[&format!("{}.{}", ident(&t.schema), ident(&t.name))],
+                )
+                .await
+                .map_err(db_error(&format!("reading the partitions of {dotted}")))?;
+            if !leaves.iter().all(|r| rels.contains(&r.get::<_, u32>(0))) {
+                let part = rels
+                    .iter()
+                    .find_map(|r| self.partitions.get(r))
+                    .cloned()
+                    .unwrap_or_else(|| dotted.clone());
+                return Err(SourceError::Failed(format!(
+                    "partition {part} of {dotted} was truncated alone after {}: its rows are gone \
+                     from {dotted}, but cannot be deleted from the change log one by one; snapshot \
+                     again on request",
+                    lsn_text(self.lsn)
+                )));
+            }
+        }
+        Ok(tables)
     }
 
     fn row(
         &mut self,
         rel: u32,
         op: char,
-        old: Option<pgoutput::Tuple>,
+        old: Old,
         new: Option<pgoutput::Tuple>,
     ) -> Result<(), SourceError> {
         let table = match self.rels.get(&rel) {
@@ -1271,6 +1418,23 @@ impl Reader<'_> {
                     "a change of relation {rel} arrived before its Relation message, after {}",
                     lsn_text(self.lsn)
                 )))
+            }
+        };
+        let old = match old {
+            Old::Row(t) => Some(t),
+            Old::Missing if op == 'c' => None,
+            // REPLICA IDENTITY FULL logs the whole old row of every update
+            // and delete; a partition added later may lack it.
+            _ => {
+                let dotted = table.dotted();
+                let part = self.partitions.get(&rel).unwrap_or(&dotted);
+                return Err(SourceError::Failed(format!(
+                    "a change of {part} after {} arrived without its whole old row, as the table \
+                     lacks REPLICA IDENTITY FULL: ALTER TABLE {part} REPLICA IDENTITY FULL (on every \
+                     partition of {dotted}, and on those added later before they are written), then \
+                     snapshot again on request",
+                    lsn_text(self.lsn)
+                )));
             }
         };
         let width = table.columns.len();

@@ -31,22 +31,32 @@ pub enum Message<'a> {
         rel: u32,
         new: Tuple<'a>,
     },
-    /// `old`: the old row (`O`, replica identity FULL) or its key (`K`),
-    /// when the server logs it.
     Update {
         rel: u32,
-        old: Option<Tuple<'a>>,
+        old: Old<'a>,
         new: Tuple<'a>,
     },
     Delete {
         rel: u32,
-        old: Tuple<'a>,
+        old: Old<'a>,
     },
     Truncate {
         rels: Vec<u32>,
     },
     /// Origin, Type, logical messages: nothing hydrant acts on.
     Other(u8),
+}
+
+/// The old row of an update or a delete, as much of it as the table's
+/// REPLICA IDENTITY has the server log.
+#[derive(Debug, PartialEq)]
+pub enum Old<'a> {
+    /// Nothing: an update that left the key alone, under DEFAULT identity.
+    Missing,
+    /// `K`: the key columns, every other column null.
+    Key(Tuple<'a>),
+    /// `O`: the whole row (REPLICA IDENTITY FULL).
+    Row(Tuple<'a>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,21 +210,31 @@ pub fn parse(b: &[u8]) -> Result<Message<'_>, String> {
         b'U' => {
             let rel = r.u32()?;
             let (old, new) = match r.tag(b"KON")? {
-                b'N' => (None, r.tuple()?),
-                _ => {
+                b'N' => (Old::Missing, r.tuple()?),
+                tag => {
                     let old = r.tuple()?;
                     r.tag(b"N")?;
-                    (Some(old), r.tuple()?)
+                    let old = if tag == b'O' {
+                        Old::Row(old)
+                    } else {
+                        Old::Key(old)
+                    };
+                    (old, r.tuple()?)
                 }
             };
             Message::Update { rel, old, new }
         }
         b'D' => {
             let rel = r.u32()?;
-            r.tag(b"KO")?;
+            let tag = r.tag(b"KO")?;
+            let old = r.tuple()?;
             Message::Delete {
                 rel,
-                old: r.tuple()?,
+                old: if tag == b'O' {
+                    Old::Row(old)
+                } else {
+                    Old::Key(old)
+                },
             }
         }
         b'T' => {
@@ -281,7 +301,7 @@ mod tests {
             parse(&up).unwrap(),
             Message::Update {
                 rel: 16384,
-                old: Some(vec![Datum::Text("1"), Datum::Null]),
+                old: Old::Row(vec![Datum::Text("1"), Datum::Null]),
                 new: vec![Datum::Text("2"), Datum::Text("é")],
             }
         );
