@@ -196,12 +196,18 @@ pub fn render(streams: &[std::sync::Arc<Stream>], extra: &str) -> String {
         }
     }
     type PerTable = fn(&crate::source::TableStats) -> f64;
-    let per_table: [(&str, &str, &str, PerTable); 4] = [
+    let per_table: [(&str, &str, &str, PerTable); 5] = [
         (
             "hydrant_source_table_changes_total",
             "counter",
             "Row changes appended, by source table.",
             |t| t.changes as f64,
+        ),
+        (
+            "hydrant_source_table_lag_seconds",
+            "gauge",
+            "How far behind its commit time the table's last change was appended.",
+            |t| t.behind_ms as f64 / 1000.0,
         ),
         (
             "hydrant_source_table_snapshot_rows_total",

@@ -214,6 +214,8 @@ fn streams_json(app: &App, who: &Who) -> serde_json::Value {
                             "snapshot_rows": t.snapshot_rows,
                             "estimated_rows": t.estimated_rows,
                             "changes": t.changes,
+                            "last_commit_ms": t.last_commit_ms,
+                            "lag_seconds": t.behind_ms as f64 / 1000.0,
                         })
                     })
                     .collect();

@@ -221,7 +221,7 @@ function showCaptures(list, t) {
     const state = src.failed ? `stopped: ${src.failed}` : src.last_error ? `retrying: ${src.last_error.message}` : 'streaming';
     // A source not reached yet has no tables: its stream still shows, with why.
     const tables = src.tables.length ? src.tables
-      : [{ table: '–', snapshot: '–', snapshot_rows: 0, estimated_rows: 0, changes: 0 }];
+      : [{ table: '–', snapshot: '–', snapshot_rows: 0, estimated_rows: 0, changes: 0, lag_seconds: null }];
     for (const tb of tables) {
       const id = `${s.name}/${tb.table}`;
       const seen = captureSamples.get(id) || [];
@@ -239,7 +239,7 @@ function showCaptures(list, t) {
         el('td', { 'data-field': 'snapshot_rows' }, progress),
         el('td', { 'data-field': 'changes' }, fmtInt(tb.changes)),
         el('td', { 'data-field': 'changes_per_s' }, fmtRate(rate)),
-        el('td', { 'data-field': 'lag_seconds' }, fmtSecs(src.lag_seconds)),
+        el('td', { 'data-field': 'lag_seconds' }, tb.changes ? fmtSecs(tb.lag_seconds) : '–'),
         el('td', { class: 'l', 'data-field': 'state', title: state }, state.length > 80 ? state.slice(0, 80) + '…' : state));
       row.cells[7].classList.toggle('bad', state !== 'streaming');
       rows.push(row);

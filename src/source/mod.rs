@@ -88,6 +88,10 @@ pub struct TableStats {
     pub requested_ms: i64,
     /// Changes appended from the binlog.
     pub changes: u64,
+    /// The table's last change appended: its commit time (ms), and how far
+    /// behind that it was appended (ms).
+    pub last_commit_ms: i64,
+    pub behind_ms: i64,
 }
 
 /// What a running source reports: to Describe, `/-/streams`, metrics and
@@ -129,6 +133,15 @@ impl SourceStats {
             .store((now - commit_ms).max(0), Ordering::Relaxed);
     }
 
+    /// One change of `table`, committed at `commit_ms`, appended at `now`.
+    pub(crate) fn changed(&self, table: &str, commit_ms: i64, now: i64) {
+        self.table(table, |t| {
+            t.changes += 1;
+            t.last_commit_ms = commit_ms;
+            t.behind_ms = (now - commit_ms).max(0);
+        });
+    }
+
     pub(crate) fn table(&self, name: &str, f: impl FnOnce(&mut TableStats)) {
         let mut tables = self.tables.lock().unwrap();
         let t = tables.entry(name.to_owned()).or_insert(TableStats {
@@ -137,6 +150,8 @@ impl SourceStats {
             estimated_rows: 0,
             requested_ms: now_ms(),
             changes: 0,
+            last_commit_ms: 0,
+            behind_ms: 0,
         });
         f(t)
     }

@@ -73,10 +73,12 @@ test('the change capture card shows the snapshot, the changes and an outage', { 
       row, { timeout: 30_000 });
     assert.equal(await page.isVisible('#capture-card'), true);
     assert.equal(await cell('snapshot_rows'), '500');
+    assert.equal(await cell('lag_seconds'), '–'); // no change yet
     for (let i = 0; i < 20; i++) sql(`UPDATE shop.orders SET total = total + 1 WHERE id = ${i}`);
     await page.waitForFunction((r) => document.querySelector(`${r} td[data-field="changes"]`)?.textContent === '20',
       row, { timeout: 30_000 });
     assert.equal(await cell('state'), 'streaming');
+    assert.match(await cell('lag_seconds'), /^\d+(\.\d)? s$/); // the last change's
     mariadb.kill('SIGKILL');
     await page.waitForFunction((r) => /^retrying/.test(document.querySelector(`${r} td[data-field="state"]`)?.textContent || ''),
       row, { timeout: 60_000 });

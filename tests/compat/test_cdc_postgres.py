@@ -461,6 +461,40 @@ def test_delete_drops_the_slot_and_the_publication(pgsrc, schema, make_server):
              what="the kept stream's change")
 
 
+def test_per_table_lag_is_how_late_its_last_change_was_appended(pgsrc, schema, make_server):
+    create_items(pgsrc, schema)
+    pgsrc.execute(f"CREATE TABLE {schema}.other (id integer PRIMARY KEY)")
+    pgsrc.execute(f"ALTER TABLE {schema}.other REPLICA IDENTITY FULL")
+    server = make_server(pgsrc.config())
+    client = server.client()
+    client.create_delivery_stream(**pg_cdc_request("lag", pgsrc.port, [f"{schema}.*"]))
+    wait_for(lambda: snapshot_complete(client, "lag"), timeout=60, what="the snapshot")
+    capture_slot(pgsrc, server, "lag")
+    pgsrc.execute(f"INSERT INTO {schema}.items VALUES (1, 1, NULL)")
+    wait_for(lambda: at_least(server, 1), timeout=60, what="the first change")
+    # Committed while hydrant is down: appended at least `late` seconds
+    # after its commit.
+    server.stop()
+    pgsrc.execute(f"INSERT INTO {schema}.other VALUES (1)")
+    late = 3
+    time.sleep(late)
+    server.start()
+    got = wait_for(lambda: at_least(server, 2), timeout=60, what="the late change")
+    other = got[-1]
+    assert other["source"]["table"] == "other", other
+    tables = {t["table"]: t for t in source_status(server, "lag")["tables"]}
+    t = tables[f"{schema}.other"]
+    assert t["changes"] == 1 and t["last_commit_ms"] == other["source"]["ts_ms"], (t, other)
+    assert t["lag_seconds"] >= late - 0.01, t
+    # Caught up, the stream's lag is 0; the table's stays its last change's.
+    wait_for(lambda: source_status(server, "lag")["lag_seconds"] == 0, timeout=60, what="the stream to catch up")
+    after = {x["table"]: x for x in source_status(server, "lag")["tables"]}
+    assert after[f"{schema}.other"]["lag_seconds"] == t["lag_seconds"], after
+    metric = f'hydrant_source_table_lag_seconds{{stream="lag",table="{schema}.other"}} '
+    lines = [ln for ln in urllib_get(server, "/-/metrics").splitlines() if ln.startswith(metric)]
+    assert lines and float(lines[0][len(metric):]) == t["lag_seconds"], lines
+
+
 # --- partitioned tables -----------------------------------------------------
 
 def create_events(pgsrc, schema, regions=("eu", "us")):

@@ -1523,9 +1523,11 @@ impl Reader<'_> {
             );
             self.batch.push(now, &envelope(&p.change, &o));
             self.batch_since.get_or_insert_with(Instant::now);
-            stats.table(&format!("{}.{}", p.change.db, p.change.table), |t| {
-                t.changes += 1
-            });
+            stats.changed(
+                &format!("{}.{}", p.change.db, p.change.table),
+                commit_ms,
+                now,
+            );
         }
         stats.committed(n, commit_ms, now);
         let marks = std::mem::take(&mut self.txn_marks);
