@@ -1004,22 +1004,164 @@ async fn file_schema(
         .await
         .map_err(object)?;
     fetched(bytes.len());
-    tokio::task::spawn_blocking(move || -> Result<Schema, DataFusionError> {
+    let small = bytes.len() as u64 <= INLINE_BYTES;
+    let learn = move || -> Result<Schema, DataFusionError> {
         // Every record of the file: a field first seen late still counts.
         use bytes::Buf;
-        let reader: Box<dyn std::io::Read + Send> = match compression {
-            // The table's store has decompressed it already.
-            JsonCompression::Snappy => Box::new(bytes.reader()),
-            c => compression_type(c).convert_read(bytes.reader())?,
+        let error = |e: serde_json::Error| ArrowError::JsonError(e.to_string());
+        let infer = |values: &mut dyn Iterator<Item = serde_json::Result<Value>>| {
+            infer_json_schema_from_iterator(values.map(|v| v.map_err(error)))
         };
-        let values =
-            serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter::<Value>();
-        Ok(infer_json_schema_from_iterator(values.map(|v| {
-            v.map_err(|e| ArrowError::JsonError(e.to_string()))
-        }))?)
-    })
-    .await
-    .map_err(|e| DataFusionError::Execution(e.to_string()))?
+        Ok(match compression {
+            // In memory already (the table's store has decompressed a snappy
+            // one): read in place, and built only where the shape is new.
+            JsonCompression::Uncompressed | JsonCompression::Snappy => {
+                infer(&mut distinct_shapes(&bytes).into_iter())?
+            }
+            // Decompressed as it is read, never whole.
+            c => {
+                let reader = compression_type(c).convert_read(bytes.reader())?;
+                infer(
+                    &mut serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter(),
+                )?
+            }
+        })
+    };
+    let plain = matches!(
+        compression,
+        JsonCompression::Uncompressed | JsonCompression::Snappy
+    );
+    if plain && small {
+        return learn();
+    }
+    tokio::task::spawn_blocking(learn)
+        .await
+        .map_err(|e| DataFusionError::Execution(e.to_string()))?
+}
+
+/// The records of a JSON text whose shape (keys, in order, and each
+/// value's kind as arrow's inference tells them apart) no record before had;
+/// then the first error, if any. Inferring a schema from these is inferring
+/// it from all the records: arrow's inference depends only on shapes, a
+/// field's position only on the first record that has it. Every record is
+/// still parsed, strictly; only a Value is not built for each.
+fn distinct_shapes(text: &[u8]) -> Vec<serde_json::Result<Value>> {
+    let mut seen: std::collections::HashSet<Shape> = std::collections::HashSet::new();
+    let mut last: Option<Shape> = None;
+    let mut out = Vec::new();
+    let mut records = serde_json::Deserializer::from_slice(text).into_iter::<Shape>();
+    let mut start = 0;
+    while let Some(shape) = records.next() {
+        let end = records.byte_offset();
+        match shape {
+            // Records mostly come in runs of one shape.
+            Ok(shape) if last.as_ref() == Some(&shape) => {}
+            Ok(shape) => {
+                if !seen.contains(&shape) {
+                    out.push(serde_json::from_slice(&text[start..end]));
+                    seen.insert(Shape(shape.0.clone()));
+                }
+                last = Some(shape);
+            }
+            Err(e) => {
+                out.push(Err(e));
+                break;
+            }
+        }
+        start = end;
+    }
+    out
+}
+
+/// A JSON value's shape, written as tags: a key's bytes and a value's kind
+/// (a number is an integer exactly when it fits i64, as serde_json's
+/// `is_i64`, which arrow's inference asks).
+#[derive(PartialEq, Eq, Hash)]
+struct Shape(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        let mut tags = Vec::new();
+        serde::de::DeserializeSeed::deserialize(Walk(&mut tags), d)?;
+        Ok(Shape(tags))
+    }
+}
+
+struct Walk<'a>(&'a mut Vec<u8>);
+
+/// An object key, written length first so that no two key runs read alike.
+struct KeyTag<'a>(&'a mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.push(b'0');
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.0.push(b'b');
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.0.push(b'i');
+        Ok(())
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<(), E> {
+        self.0
+            .push(if i64::try_from(n).is_ok() { b'i' } else { b'f' });
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.0.push(b'f');
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.0.push(b's');
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push(b'[');
+        while seq.next_element_seed(Walk(self.0))?.is_some() {}
+        self.0.push(b']');
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.push(b'{');
+        while map.next_key_seed(KeyTag(self.0))?.is_some() {
+            map.next_value_seed(Walk(self.0))?;
+        }
+        self.0.push(b'}');
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyTag<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyTag<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, k: &str) -> Result<(), E> {
+        self.0.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(k.as_bytes());
+        Ok(())
+    }
 }
 
 fn merge_field(fields: &mut Vec<Field>, new: &Field) -> Result<(), String> {
@@ -1061,6 +1203,11 @@ fn merge_type(a: &DataType, b: &DataType) -> Option<DataType> {
         _ => return None,
     })
 }
+
+/// Local files up to this size are read, and their schemas inferred, on the
+/// query's own thread: for a small object, handing the work to a blocking
+/// thread and back costs more than the work.
+const INLINE_BYTES: u64 = 256 << 10;
 
 /// The local file system below one table's directory, without the files and
 /// directories whose names start with '.' or '_'. Read-only.
@@ -1112,11 +1259,24 @@ impl VisibleFiles {
             )),
             version: None,
         };
+        let payload = if meta.size <= INLINE_BYTES {
+            // Small: read here too, not on a blocking thread.
+            use std::io::Read;
+            let mut bytes = Vec::with_capacity(meta.size as usize);
+            (&file)
+                .take(INLINE_BYTES)
+                .read_to_end(&mut bytes)
+                .map_err(failed)?;
+            let chunk: object_store::Result<bytes::Bytes> = Ok(bytes.into());
+            object_store::GetResultPayload::Stream(Box::pin(futures::stream::once(async { chunk })))
+        } else {
+            object_store::GetResultPayload::File(file, path.clone())
+        };
         Ok(object_store::GetResult {
             range: 0..meta.size,
             meta,
             attributes: Default::default(),
-            payload: object_store::GetResultPayload::File(file, path.clone()),
+            payload,
         })
     }
 }
@@ -1497,4 +1657,72 @@ pub fn lake_tables(registry: &crate::stream::Registry) -> Vec<TableDef> {
         });
     }
     tables
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema arrow infers from every record of `text`.
+    fn from_all(text: &str) -> Result<Schema, ArrowError> {
+        let values = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+        infer_json_schema_from_iterator(
+            values.map(|v| v.map_err(|e| ArrowError::JsonError(e.to_string()))),
+        )
+    }
+
+    fn from_shapes(text: &str) -> Result<Schema, ArrowError> {
+        let values = distinct_shapes(text.as_bytes()).into_iter();
+        infer_json_schema_from_iterator(
+            values.map(|v| v.map_err(|e| ArrowError::JsonError(e.to_string()))),
+        )
+    }
+
+    #[test]
+    fn distinct_shapes_infer_what_all_records_infer() {
+        let texts = [
+            // A field first seen late, after a run of one shape.
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3,\"b\":\"x\"}\n{\"a\":4}\n",
+            // An integer column that later holds a float, and back.
+            "{\"v\":1}\n{\"v\":2.5}\n{\"v\":3}\n",
+            // Beyond i64: a float to arrow, as in serde_json's is_i64.
+            "{\"n\":9223372036854775807}\n{\"n\":18446744073709551615}\n",
+            "{\"n\":-9223372036854775808}\n",
+            // Nested objects and arrays, a key that moves.
+            "{\"o\":{\"x\":1,\"y\":[1,2]}}\n{\"o\":{\"y\":[1.5],\"x\":1,\"z\":null}}\n{\"o\":{\"x\":\"s\"}}\n",
+            "{\"l\":[]}\n{\"l\":[{\"k\":true}]}\n{\"l\":[{\"k\":true},{\"j\":1}]}\n",
+            // Keys whose concatenations read alike.
+            "{\"ab\":1,\"c\":1}\n{\"a\":1,\"bc\":1}\n",
+            // Null then a value, and duplicate keys.
+            "{\"z\":null}\n{\"z\":\"s\"}\n{\"d\":1,\"d\":\"t\"}\n",
+            // Records on one line, and none at all.
+            "{\"a\":1} {\"b\":true}{\"a\":false}",
+            "",
+        ];
+        for text in texts {
+            assert_eq!(
+                from_shapes(text).unwrap(),
+                from_all(text).unwrap(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn distinct_shapes_build_one_record_per_shape_and_stop_at_an_error() {
+        let text = "{\"a\":1}\n".repeat(1000) + "{\"a\":\"x\"}\n" + &"{\"a\":2}\n".repeat(1000);
+        let shapes = distinct_shapes(text.as_bytes());
+        assert_eq!(shapes.len(), 2);
+        assert!(shapes.iter().all(|s| s.is_ok()));
+
+        for bad in [
+            "{\"a\":1}\n{\"a\":",
+            "{\"a\":1}\n{\"a\" 1}\n{\"b\":2}\n",
+            "{\"a\":1}\n[1,\n",
+        ] {
+            let shapes = distinct_shapes(bad.as_bytes());
+            assert!(shapes.last().unwrap().is_err(), "{bad}");
+            assert!(from_shapes(bad).is_err() && from_all(bad).is_err(), "{bad}");
+        }
+    }
 }
