@@ -4,8 +4,9 @@
 //!
 //! An entry is written (and fsynced, with its directory) before delivery
 //! marks its records delivered, and removed once the object is loaded or
-//! its manifest is in the error output. Adding an entry that exists
-//! replaces it with the same content.
+//! its manifest is in the error output. Adding an entry that exists (a
+//! replay after a crash stages the same object again) replaces it with the
+//! same content, keeping when loading it first failed.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -73,7 +74,13 @@ impl Queue {
         self.dir.join(format!("{first:020}.json"))
     }
 
-    pub fn add(&self, s: Staged) -> io::Result<()> {
+    pub fn add(&self, mut s: Staged) -> io::Result<()> {
+        // Staged again by a replay after a crash: its retry clock goes on.
+        if let Some(queued) = self.entries.lock().unwrap().get(&s.first) {
+            if queued.key == s.key && s.failing_since_ms.is_none() {
+                s.failing_since_ms = queued.failing_since_ms;
+            }
+        }
         self.write(&s)?;
         self.entries.lock().unwrap().insert(s.first, s);
         self.added.send_modify(|n| *n += 1);
@@ -141,5 +148,44 @@ impl Queue {
 
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.added.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replay after a crash stages an object again: the time its loading
+    /// first failed survives, so RetryOptions does not start over.
+    #[test]
+    fn staging_an_object_again_keeps_its_retry_clock() {
+        let dir = std::env::temp_dir().join(format!("hydrant-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let staged = Staged {
+            key: "s/2026/12/07/00/o-1".into(),
+            first: 10,
+            end: 20,
+            records: 10,
+            oldest_ms: 1,
+            failing_since_ms: None,
+        };
+        let q = Queue::open(&dir).unwrap();
+        q.add(staged.clone()).unwrap();
+        q.failing_since(&staged, 1234).unwrap();
+        drop(q);
+        let q = Queue::open(&dir).unwrap();
+        q.add(staged.clone()).unwrap();
+        assert_eq!(q.first().unwrap().failing_since_ms, Some(1234));
+        drop(q);
+        let q = Queue::open(&dir).unwrap();
+        assert_eq!(q.first().unwrap().failing_since_ms, Some(1234));
+        // Another object at the same offset (a log reset) starts afresh.
+        let other = Staged {
+            key: "s/other".into(),
+            ..staged
+        };
+        q.add(other).unwrap();
+        assert_eq!(q.first().unwrap().failing_since_ms, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
