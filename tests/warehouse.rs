@@ -108,7 +108,7 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
         .load(
             &name,
             "objects/a",
-            &CopyText::from_rows(&rows),
+            &CopyText::from_rows(&std::env::temp_dir(), &rows).unwrap(),
             0,
             0,
             |r| async { Ok(r) },
@@ -127,7 +127,7 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
         l.load(
             &name,
             "objects/a",
-            &CopyText::from_rows(&rows),
+            &CopyText::from_rows(&std::env::temp_dir(), &rows).unwrap(),
             0,
             0,
             |r| async { Ok(r) }
@@ -142,7 +142,7 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
             .load(
                 &name,
                 "objects/a",
-                &CopyText::from_rows(&rows),
+                &CopyText::from_rows(&std::env::temp_dir(), &rows).unwrap(),
                 0,
                 0,
                 |r| async { Ok(r) }
@@ -166,7 +166,7 @@ async fn an_object_loads_once_however_often_it_is_loaded() {
     l.load(
         &name,
         "objects/b",
-        &CopyText::from_rows(&odd),
+        &CopyText::from_rows(&std::env::temp_dir(), &odd).unwrap(),
         0,
         0,
         |r| async { Ok(r) },
@@ -199,7 +199,7 @@ async fn bad_rows_fail_alone_until_maxerror() {
         .load(
             &name,
             "objects/bad",
-            &CopyText::from_rows(&rows),
+            &CopyText::from_rows(&std::env::temp_dir(), &rows).unwrap(),
             0,
             3,
             |r| async { Ok(r) },
@@ -218,7 +218,7 @@ async fn bad_rows_fail_alone_until_maxerror() {
         .load(
             &name,
             "objects/bad",
-            &CopyText::from_rows(&rows),
+            &CopyText::from_rows(&std::env::temp_dir(), &rows).unwrap(),
             0,
             4,
             |r| async { Ok(r) },

@@ -420,6 +420,40 @@ impl Stores {
         Ok(got.bytes().await.map_err(io::Error::other)?.to_vec())
     }
 
+    /// An object, to read from the start: the embedded lake's file itself,
+    /// or an S3 object fetched into a file (that has no name, so nothing is
+    /// left of it after a crash) a chunk at a time. Never whole in memory.
+    pub async fn open(&self, bucket: &str, key: &str) -> io::Result<File> {
+        check(bucket, key)?;
+        let Some(store) = self.s3.get(bucket) else {
+            return File::open(self.local.path(bucket, key));
+        };
+        use futures::StreamExt;
+        use object_store::ObjectStoreExt;
+        use std::io::Seek;
+        let path = object_store::path::Path::from(key);
+        let got = store.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
+            e => io::Error::other(e),
+        })?;
+        let named = self
+            .local
+            .scratch()
+            .join(format!("get-{}", uuid::Uuid::new_v4()));
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&named)?;
+        fs::remove_file(&named)?;
+        let mut chunks = got.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            file.write_all(&chunk.map_err(io::Error::other)?)?;
+        }
+        file.rewind()?;
+        Ok(file)
+    }
+
     /// Keys that start with `prefix`, in order.
     pub async fn list(&self, bucket: &str, prefix: &str) -> io::Result<Vec<String>> {
         let Some(store) = self.s3.get(bucket) else {

@@ -142,49 +142,112 @@ pub struct Column {
 /// The size of each piece of COPY data sent.
 const COPY_PIECE: usize = 256 << 10;
 
-/// Rows as the text COPY reads, a line each.
-#[derive(Debug, Default, Clone)]
+/// Rows as the text COPY reads, a line each, written to a file as they
+/// come (one that has no name, so nothing is left of it after a crash):
+/// an object's rows are not held in memory, only the piece being written
+/// or sent.
+#[derive(Debug)]
 pub struct CopyText {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
+    file: std::fs::File,
+    written: u64,
+    rows: usize,
+    pending: Vec<u8>,
 }
 
 impl CopyText {
-    pub fn push(&mut self, row: &Row<'_>) {
-        text_row(row, &mut self.bytes);
-        self.ends.push(self.bytes.len());
+    /// An empty one whose file is in `dir`.
+    pub fn spooled(dir: &std::path::Path) -> std::io::Result<CopyText> {
+        let path = dir.join(format!("copy-{}", uuid::Uuid::new_v4()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(CopyText {
+            file,
+            written: 0,
+            rows: 0,
+            pending: Vec::with_capacity(COPY_PIECE),
+        })
     }
 
-    pub fn from_rows(rows: &[Row<'_>]) -> CopyText {
-        let mut t = CopyText::default();
-        for r in rows {
-            t.push(r);
+    pub fn push(&mut self, row: &Row<'_>) -> std::io::Result<()> {
+        text_row(row, &mut self.pending);
+        self.rows += 1;
+        if self.pending.len() >= COPY_PIECE {
+            self.flush()?;
         }
-        t
+        Ok(())
+    }
+
+    /// Writes out what is pending: due before the rows are read.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&self.pending, self.written)?;
+        self.written += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    pub fn from_rows(dir: &std::path::Path, rows: &[Row<'_>]) -> std::io::Result<CopyText> {
+        let mut t = CopyText::spooled(dir)?;
+        for r in rows {
+            t.push(r)?;
+        }
+        t.flush()?;
+        Ok(t)
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.rows
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.rows == 0
     }
 
-    /// The text of the rows not refused.
-    fn keeping(&self, refused: &[bool]) -> bytes::Bytes {
-        if !refused.contains(&true) {
-            return bytes::Bytes::copy_from_slice(&self.bytes);
-        }
-        let mut out = Vec::with_capacity(self.bytes.len());
-        let mut start = 0;
-        for (i, &end) in self.ends.iter().enumerate() {
-            if !refused[i] {
-                out.extend_from_slice(&self.bytes[start..end]);
+    /// The whole rows that start at byte `from`, about a piece of them,
+    /// without those `refused` (empty: none is); `row` is the index of the
+    /// first, and comes back as the index after the last. Also the byte
+    /// after the last.
+    fn piece(
+        &self,
+        from: u64,
+        refused: &[bool],
+        row: &mut usize,
+    ) -> std::io::Result<(Vec<u8>, u64)> {
+        use std::os::unix::fs::FileExt;
+        let left = self.written - from;
+        let mut want = COPY_PIECE as u64;
+        loop {
+            let mut bytes = vec![0; want.min(left) as usize];
+            self.file.read_exact_at(&mut bytes, from)?;
+            let Some(last) = bytes.iter().rposition(|b| *b == b'\n') else {
+                if want >= left {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the spooled rows end inside a row",
+                    ));
+                }
+                // A row longer than a piece: read more of it.
+                want *= 2;
+                continue;
+            };
+            bytes.truncate(last + 1);
+            let next = from + bytes.len() as u64;
+            if refused.is_empty() {
+                return Ok((bytes, next));
             }
-            start = end;
+            let mut kept = Vec::with_capacity(bytes.len());
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                if !refused.get(*row).copied().unwrap_or(false) {
+                    kept.extend_from_slice(line);
+                }
+                *row += 1;
+            }
+            return Ok((kept, next));
         }
-        out.into()
     }
 }
 
@@ -317,6 +380,7 @@ impl Loader {
     {
         let mut before_commit = Some(before_commit);
         let mut rejected: Vec<Rejected> = Vec::new();
+        debug_assert!(rows.pending.is_empty(), "rows flushed before they load");
         let mut refused = vec![false; rows.len()];
         loop {
             let keep: Vec<usize> = (0..rows.len()).filter(|i| !refused[*i]).collect();
@@ -337,20 +401,37 @@ impl Loader {
             if fresh == 0 {
                 return Ok(Outcome::AlreadyLoaded);
             }
-            let body = rows.keeping(&refused);
-            let copied = async {
-                let sink = tx.copy_in(&self.copy).await?;
+            // Ok(a PostgreSQL error) or Err(why the rows could not be read).
+            let copied: Result<u64, Result<tokio_postgres::Error, String>> = async {
+                let sink = tx
+                    .copy_in::<_, bytes::Bytes>(&self.copy)
+                    .await
+                    .map_err(Ok)?;
                 futures::pin_mut!(sink);
                 // In pieces, so PostgreSQL reads while the rest arrives.
-                let mut at = 0;
-                while at < body.len() {
-                    let end = (at + COPY_PIECE).min(body.len());
-                    sink.feed(body.slice(at..end)).await?;
-                    at = end;
+                let (mut at, mut row) = (0, 0);
+                let skip: &[bool] = if refused.contains(&true) {
+                    &refused
+                } else {
+                    &[]
+                };
+                while at < rows.written {
+                    let (piece, next) = rows
+                        .piece(at, skip, &mut row)
+                        .map_err(|e| Err(format!("reading the rows spooled for COPY: {e}")))?;
+                    at = next;
+                    if !piece.is_empty() {
+                        sink.feed(piece.into()).await.map_err(Ok)?;
+                    }
                 }
-                sink.finish().await
+                sink.finish().await.map_err(Ok)
             }
             .await;
+            let copied = match copied {
+                Err(Err(m)) => return Err(LoadError::Unavailable(m)),
+                Err(Ok(e)) => Err(e),
+                Ok(n) => Ok(n),
+            };
             match copied {
                 Ok(n) => {
                     let hook = before_commit.take().expect("commits once");
@@ -493,6 +574,51 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"a\\tb\\\\c\\nd\\r\t\\N\t\n");
+    }
+
+    /// Every row comes back whole and in order, however long, and a
+    /// refused one does not come back at all.
+    #[test]
+    fn spooled_rows_come_back_in_pieces_without_the_refused() {
+        let values: Vec<String> = (0..2000)
+            .map(|i| match i % 500 {
+                // Longer than a piece, and longer than two.
+                7 => "x".repeat(COPY_PIECE + 3),
+                8 => "y".repeat(3 * COPY_PIECE),
+                _ => format!("row {i}\twith a tab"),
+            })
+            .collect();
+        let rows: Vec<Row<'_>> = values
+            .iter()
+            .map(|v| vec![Some(v.as_str().into())])
+            .collect();
+        let text = CopyText::from_rows(&std::env::temp_dir(), &rows).unwrap();
+        assert_eq!(text.len(), 2000);
+        let expected = |refused: &[bool]| -> Vec<u8> {
+            let mut out = Vec::new();
+            for (r, refused) in rows.iter().zip(refused) {
+                if !refused {
+                    text_row(r, &mut out);
+                }
+            }
+            out
+        };
+        let mut some = vec![false; 2000];
+        for i in [0, 7, 8, 999, 1507, 1999] {
+            some[i] = true;
+        }
+        for refused in [vec![], vec![false; 2000], some, vec![true; 2000]] {
+            let (mut at, mut row, mut got) = (0, 0, Vec::new());
+            while at < text.written {
+                let (piece, next) = text.piece(at, &refused, &mut row).unwrap();
+                assert!(piece.is_empty() || piece.ends_with(b"\n"));
+                got.extend_from_slice(&piece);
+                at = next;
+            }
+            let none = vec![false; 2000];
+            let refused = if refused.is_empty() { &none } else { &refused };
+            assert!(got == expected(refused));
+        }
     }
 
     #[test]

@@ -81,76 +81,81 @@ pub fn rows<'a>(
     let mut out: Vec<Record<'a>> = Vec::new();
     let lines = body
         .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .skip(opts.ignore_header as usize);
     for line in lines {
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
+        line_rows(line, opts, columns, line_per_record, &mut out);
+    }
+    out
+}
+
+/// The records of one line of a staged object (without its `\n`; see
+/// [`rows`]), added to `out`.
+pub fn line_rows<'a>(
+    line: &'a [u8],
+    opts: &CopyOptions,
+    columns: &[Column],
+    line_per_record: bool,
+    out: &mut Vec<Record<'a>>,
+) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(|b| b.is_ascii_whitespace()) {
+        return;
+    }
+    let record = |raw: &'a [u8], row: Result<Row<'a>, String>| Record {
+        raw: Cow::Borrowed(raw),
+        row,
+    };
+    let text: Cow<'a, str> = match (std::str::from_utf8(line), opts.accept_inv_chars) {
+        (Ok(t), _) => Cow::Borrowed(t),
+        (Err(_), Some(c)) => line
+            .utf8_chunks()
+            .flat_map(|ch| {
+                let bad = (!ch.invalid().is_empty()).then_some(c);
+                ch.valid().chars().chain(bad)
+            })
+            .collect::<String>()
+            .into(),
+        (Err(e), None) => {
+            out.push(record(
+                line,
+                Err(format!("not UTF-8 ({e}); ACCEPTINVCHARS would replace it")),
+            ));
+            return;
         }
-        let record = |raw: &'a [u8], row: Result<Row<'a>, String>| Record {
-            raw: Cow::Borrowed(raw),
-            row,
-        };
-        let text: Cow<'a, str> = match (std::str::from_utf8(line), opts.accept_inv_chars) {
-            (Ok(t), _) => Cow::Borrowed(t),
-            (Err(_), Some(c)) => line
-                .utf8_chunks()
-                .flat_map(|ch| {
-                    let bad = (!ch.invalid().is_empty()).then_some(c);
-                    ch.valid().chars().chain(bad)
-                })
-                .collect::<String>()
-                .into(),
-            (Err(e), None) => {
-                out.push(record(
-                    line,
-                    Err(format!("not UTF-8 ({e}); ACCEPTINVCHARS would replace it")),
-                ));
-                continue;
+    };
+    match &opts.format {
+        RecordFormat::Json { ignore_case } => match text {
+            Cow::Borrowed(t) => {
+                json_line(t, line, *ignore_case, opts, columns, line_per_record, out)
             }
-        };
-        match &opts.format {
-            RecordFormat::Json { ignore_case } => match text {
-                Cow::Borrowed(t) => json_line(
-                    t,
+            Cow::Owned(t) => {
+                let mut owned = Vec::new();
+                json_line(
+                    &t,
                     line,
                     *ignore_case,
                     opts,
                     columns,
                     line_per_record,
-                    &mut out,
-                ),
-                Cow::Owned(t) => {
-                    let mut owned = Vec::new();
-                    json_line(
-                        &t,
-                        line,
-                        *ignore_case,
-                        opts,
-                        columns,
-                        line_per_record,
-                        &mut owned,
-                    );
-                    out.extend(owned.into_iter().map(|r| -> Record<'a> { r.into_owned() }));
-                }
-            },
-            RecordFormat::Csv { delimiter, quote } => {
-                out.push(record(
-                    line,
-                    csv_fields(&text, *delimiter, *quote)
-                        .and_then(|f| fields_row(f, opts, columns)),
-                ));
+                    &mut owned,
+                );
+                out.extend(owned.into_iter().map(|r| -> Record<'a> { r.into_owned() }));
             }
-            RecordFormat::Text { delimiter } => {
-                let f = text
-                    .split(*delimiter)
-                    .map(|s| (s.to_string(), false))
-                    .collect();
-                out.push(record(line, fields_row(f, opts, columns)));
-            }
+        },
+        RecordFormat::Csv { delimiter, quote } => {
+            out.push(record(
+                line,
+                csv_fields(&text, *delimiter, *quote).and_then(|f| fields_row(f, opts, columns)),
+            ));
+        }
+        RecordFormat::Text { delimiter } => {
+            let f = text
+                .split(*delimiter)
+                .map(|s| (s.to_string(), false))
+                .collect();
+            out.push(record(line, fields_row(f, opts, columns)));
         }
     }
-    out
 }
 
 /// The JSON records of one line (see [`rows`]); `line` is its bytes as

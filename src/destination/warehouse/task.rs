@@ -105,16 +105,8 @@ pub struct Prepared {
     /// The columns it was converted for.
     columns: Vec<Column>,
     copy: CopyText,
-    body: Vec<u8>,
-    /// Each row's record: where it is in `body`, or its bytes.
-    raws: Vec<Raw>,
     /// Records that are not rows.
     refused: Vec<Refusal>,
-}
-
-enum Raw {
-    At(usize, usize),
-    Owned(Vec<u8>),
 }
 
 /// Loads a stream's staged objects: shared by the task and backfill.
@@ -188,41 +180,112 @@ impl Loading {
 
     /// Reads a staged object and turns it into COPY text for `columns`: the
     /// work that needs no connection, so it can run ahead of the loads.
+    /// Memory holds a line of the object and a piece of the text at a time.
     pub async fn prepare(&self, key: &str, columns: &[Column]) -> Result<Prepared, Failure> {
-        let w = self.warehouse();
-        let body = self.read(key).await?;
-        let mut copy = CopyText::default();
-        let (mut raws, mut refused) = (Vec::new(), Vec::new());
-        let within = body.as_ptr_range();
-        for r in row::rows(&body, &w.copy, columns, self.spec.append_delimiter) {
+        let scratch = self.stores.local.scratch();
+        let spool_error = |e: std::io::Error| {
+            Failure::Retry(format!(
+                "spooling the rows of {key} to {}: {e}",
+                scratch.display()
+            ))
+        };
+        let mut copy = CopyText::spooled(scratch).map_err(spool_error)?;
+        let mut refused = Vec::new();
+        self.each_record(key, columns, |r| {
             match r.row {
-                Ok(row) => {
-                    copy.push(&row);
-                    // Where the record is in the body, to report it if
-                    // PostgreSQL refuses its row.
-                    raws.push(match &r.raw {
-                        std::borrow::Cow::Borrowed(b) if within.contains(&b.as_ptr()) => {
-                            let at = b.as_ptr() as usize - body.as_ptr() as usize;
-                            Raw::At(at, at + b.len())
-                        }
-                        other => Raw::Owned(other.to_vec()),
-                    });
-                }
+                Ok(row) => copy.push(&row)?,
                 Err(message) => refused.push(Refusal {
                     raw: r.raw.into_owned(),
                     reason: "unreadable_record".into(),
                     message,
                 }),
             }
-        }
+            Ok(())
+        })
+        .await?;
+        copy.flush().map_err(spool_error)?;
         Ok(Prepared {
             key: key.to_string(),
             columns: columns.to_vec(),
             copy,
-            body,
-            raws,
             refused,
         })
+    }
+
+    /// Each record of a staged object, in order, read line by line as it is
+    /// decompressed; `each` failing stops the reading.
+    async fn each_record(
+        &self,
+        key: &str,
+        columns: &[Column],
+        mut each: impl FnMut(row::Record<'_>) -> std::io::Result<()>,
+    ) -> Result<(), Failure> {
+        use std::io::{BufRead, Read};
+        let (w, bucket) = (self.warehouse(), &self.spec.bucket);
+        let failed = |e: std::io::Error| {
+            Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
+        };
+        let file = self.stores.open(bucket, key).await.map_err(failed)?;
+        let decoded = encode::decoder(std::io::BufReader::new(file), self.spec.compression)
+            .map_err(failed)?;
+        // An object in a bucket may come from anywhere: bounded.
+        let mut reader =
+            std::io::BufReader::with_capacity(256 << 10, decoded.take(MAX_OBJECT_BYTES as u64 + 1));
+        let (mut line, mut lines, mut read) = (Vec::new(), 0u64, 0usize);
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(failed)?;
+            if n == 0 {
+                return Ok(());
+            }
+            read += n;
+            if read > MAX_OBJECT_BYTES {
+                return Err(Failure::Retry(format!(
+                    "the staged object {bucket}/{key} is larger than {MAX_OBJECT_BYTES} bytes uncompressed"
+                )));
+            }
+            lines += 1;
+            if lines <= w.copy.ignore_header {
+                continue;
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let mut records = Vec::new();
+            row::line_rows(
+                text,
+                &w.copy,
+                columns,
+                self.spec.append_delimiter,
+                &mut records,
+            );
+            for r in records {
+                each(r).map_err(failed)?;
+            }
+        }
+    }
+
+    /// The records of the rows numbered `rows` (in the order COPY had
+    /// them), read again from the staged object: only a refused row's
+    /// record is needed, and only then.
+    async fn records_of(
+        &self,
+        key: &str,
+        columns: &[Column],
+        rows: &[usize],
+    ) -> Result<BTreeMap<usize, Vec<u8>>, Failure> {
+        let rows: std::collections::BTreeSet<usize> = rows.iter().copied().collect();
+        let mut found = BTreeMap::new();
+        let mut at = 0;
+        self.each_record(key, columns, |r| {
+            if r.row.is_ok() {
+                if rows.contains(&at) {
+                    found.insert(at, r.raw.into_owned());
+                }
+                at += 1;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(found)
     }
 
     /// The columns loaded into, connecting if need be.
@@ -319,18 +382,20 @@ impl Loading {
         if refused.len() as u64 > max {
             return Err(Failure::Refused(refused));
         }
-        let by_row = |rejected: &[Rejected]| -> Vec<Refusal> {
-            rejected
+        let columns = &p.columns;
+        // The refusals of rows PostgreSQL rejected, with their records.
+        let by_row = |rejected: Vec<Rejected>| async move {
+            let numbers: Vec<usize> = rejected.iter().map(|r| r.row).collect();
+            let mut records = self.records_of(key, columns, &numbers).await?;
+            let refusals: Vec<Refusal> = rejected
                 .iter()
                 .map(|r| Refusal {
-                    raw: match &p.raws[r.row] {
-                        Raw::At(a, b) => p.body[*a..*b].to_vec(),
-                        Raw::Owned(v) => v.clone(),
-                    },
+                    raw: records.remove(&r.row).unwrap_or_default(),
                     reason: condition(&r.code),
                     message: r.message.clone(),
                 })
-                .collect()
+                .collect();
+            Ok::<_, Failure>((rejected, refusals))
         };
         let doc_key = self.error_key(key, "rows", arrival_ms, "");
         let mut all = refused.clone();
@@ -342,12 +407,14 @@ impl Loading {
                 refused.len() as u64,
                 max,
                 |rejected| {
-                    all.extend(by_row(&rejected));
-                    let doc = (!all.is_empty()).then(|| Self::documents(&all, arrival_ms));
-                    let stores = self.stores.clone();
+                    let all = &mut all;
                     async move {
-                        if let Some(doc) = doc {
-                            stores
+                        let (rejected, refusals) =
+                            by_row(rejected).await.map_err(|e| e.to_string())?;
+                        all.extend(refusals);
+                        if !all.is_empty() {
+                            let doc = Self::documents(all, arrival_ms);
+                            self.stores
                                 .put_async(bucket, &doc_key, &doc)
                                 .await
                                 .map_err(|e| {
@@ -370,7 +437,7 @@ impl Loading {
                 ..Default::default()
             }),
             Err(LoadError::TooManyRejected(r)) => {
-                refused.extend(by_row(&r));
+                refused.extend(by_row(r).await?.1);
                 Err(Failure::Refused(refused))
             }
             Err(e @ (LoadError::Unavailable(_) | LoadError::Table(_))) => {
