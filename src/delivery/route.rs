@@ -93,16 +93,17 @@ impl PartitionQuery {
                 heads.push(&path[0]);
             }
         }
-        let top = fields(root, &heads);
+        let top = fields(root, &heads)?;
         self.keys
             .iter()
             .map(|(name, path)| {
                 let head = heads.iter().position(|h| *h == path[0]).expect("a head");
                 let mut leaf = top.as_ref().and_then(|t| t[head]);
                 for seg in &path[1..] {
-                    leaf = leaf
-                        .and_then(|r| fields(r, &[seg.as_str()]))
-                        .and_then(|f| f[0]);
+                    leaf = match leaf {
+                        Some(r) => fields(r, &[seg.as_str()])?.and_then(|f| f[0]),
+                        None => None,
+                    };
                 }
                 // A scalar (an object or array, however deep, is not parsed).
                 // A scalar's text is checked, not its range (1e400).
@@ -155,17 +156,20 @@ fn placeable(s: &str) -> bool {
 
 /// The values at `names` in `raw` if it is an object (the last of
 /// duplicate keys), every other value skipped; None if it is not an object.
-/// `raw` is valid JSON already.
-fn fields<'a>(raw: &'a RawValue, names: &[&str]) -> Option<Vec<Option<&'a RawValue>>> {
+/// `raw` reads as JSON already, but a key may still not be text (a lone
+/// surrogate escape, `\udddd`): that is an error, as for a whole parse.
+fn fields<'a>(
+    raw: &'a RawValue,
+    names: &[&str],
+) -> Result<Option<Vec<Option<&'a RawValue>>>, String> {
     if !raw.get().starts_with('{') {
-        return None;
+        return Ok(None);
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Some(
-        Fields(names)
-            .deserialize(&mut de)
-            .expect("an object checked whole"),
-    )
+    Fields(names)
+        .deserialize(&mut de)
+        .map(Some)
+        .map_err(|e| format!("record is not JSON: {e}"))
 }
 
 /// Reads an object for the values at some keys.
@@ -392,6 +396,28 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// A key that is not text (a lone surrogate escape) in any object the
+    /// query reads into is a record that is not JSON, not a panic.
+    #[test]
+    fn a_key_that_is_not_text_is_an_error() {
+        let q = PartitionQuery::parse("{r: .geo.region}").unwrap();
+        for record in [
+            r#"{"\udddd":1,"geo":{"region":"eu"}}"#,
+            r#"{"geo":{"\ud800":1,"region":"eu"}}"#,
+        ] {
+            let got = q.eval(record.as_bytes());
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("not JSON")),
+                "{record}: {got:?}"
+            );
+        }
+        assert_eq!(
+            q.eval(br#"{"\ud83d\ude00":1,"geo":{"region":"eu"}}"#)
+                .unwrap(),
+            ["eu"]
+        );
     }
 
     #[test]
