@@ -83,19 +83,20 @@ pub fn rows<'a>(
         .split(|b| *b == b'\n')
         .skip(opts.ignore_header as usize);
     for line in lines {
-        line_rows(line, opts, columns, line_per_record, &mut out);
+        line_rows(line, opts, columns, line_per_record, &mut |r| out.push(r));
     }
     out
 }
 
 /// The records of one line of a staged object (without its `\n`; see
-/// [`rows`]), added to `out`.
+/// [`rows`]), each handed to `out` as soon as it is read: a line of
+/// records back to back may be a whole object.
 pub fn line_rows<'a>(
     line: &'a [u8],
     opts: &CopyOptions,
     columns: &[Column],
     line_per_record: bool,
-    out: &mut Vec<Record<'a>>,
+    out: &mut dyn FnMut(Record<'a>),
 ) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -116,7 +117,7 @@ pub fn line_rows<'a>(
             .collect::<String>()
             .into(),
         (Err(e), None) => {
-            out.push(record(
+            out(record(
                 line,
                 Err(format!("not UTF-8 ({e}); ACCEPTINVCHARS would replace it")),
             ));
@@ -128,22 +129,18 @@ pub fn line_rows<'a>(
             Cow::Borrowed(t) => {
                 json_line(t, line, *ignore_case, opts, columns, line_per_record, out)
             }
-            Cow::Owned(t) => {
-                let mut owned = Vec::new();
-                json_line(
-                    &t,
-                    line,
-                    *ignore_case,
-                    opts,
-                    columns,
-                    line_per_record,
-                    &mut owned,
-                );
-                out.extend(owned.into_iter().map(|r| -> Record<'a> { r.into_owned() }));
-            }
+            Cow::Owned(t) => json_line(
+                &t,
+                line,
+                *ignore_case,
+                opts,
+                columns,
+                line_per_record,
+                &mut |r| out(r.into_owned()),
+            ),
         },
         RecordFormat::Csv { delimiter, quote } => {
-            out.push(record(
+            out(record(
                 line,
                 csv_fields(&text, *delimiter, *quote).and_then(|f| fields_row(f, opts, columns)),
             ));
@@ -153,7 +150,7 @@ pub fn line_rows<'a>(
                 .split(*delimiter)
                 .map(|s| (s.to_string(), false))
                 .collect();
-            out.push(record(line, fields_row(f, opts, columns)));
+            out(record(line, fields_row(f, opts, columns)));
         }
     }
 }
@@ -167,7 +164,7 @@ fn json_line<'t>(
     opts: &CopyOptions,
     columns: &[Column],
     line_per_record: bool,
-    out: &mut Vec<Record<'t>>,
+    emit: &mut dyn FnMut(Record<'t>),
 ) {
     // A record may hold several objects, and without a delimiter a line
     // holds records back to back (Firehose writes them so): each object is
@@ -181,13 +178,22 @@ fn json_line<'t>(
         raw: Cow::Borrowed(raw.as_bytes()),
         row,
     };
-    let first = out.len();
+    // With a record per line, its objects load only if all of them read:
+    // held until the line is read. Back to back, each goes at once.
+    let mut held = Vec::new();
+    let mut out = |r: Record<'t>| {
+        if line_per_record {
+            held.push(r)
+        } else {
+            emit(r)
+        }
+    };
     let mut slots = Vec::with_capacity(columns.len());
     // Most lines are one object: read it in one pass.
     let whole = text.trim();
     if whole.starts_with('{') {
         if let Ok(row) = json_row(whole, &mut slots, ignore_case, opts, columns) {
-            out.push(record(whole, Ok(row)));
+            emit(record(whole, Ok(row)));
             return;
         }
     }
@@ -206,11 +212,10 @@ fn json_line<'t>(
                     } else {
                         Err("not a JSON object".into())
                     };
-                    out.push(record(raw, row));
+                    out(record(raw, row));
                 }
                 Err(e) if line_per_record => {
-                    out.truncate(first);
-                    out.push(Record {
+                    emit(Record {
                         raw: Cow::Borrowed(line),
                         row: Err(format!("not JSON: {e}")),
                     });
@@ -226,7 +231,7 @@ fn json_line<'t>(
                         .map_or(text.len(), |i| {
                             i + text[i..].len() - text[i..].trim_start().len()
                         });
-                    out.push(record(
+                    out(record(
                         text[start..next].trim(),
                         Err(format!("not JSON: {e}")),
                     ));
@@ -237,6 +242,7 @@ fn json_line<'t>(
         }
         break;
     }
+    held.into_iter().for_each(emit);
 }
 
 /// Reads an object's members into the column slots they name (the last

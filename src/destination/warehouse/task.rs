@@ -249,17 +249,19 @@ impl Loading {
                 continue;
             }
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let mut records = Vec::new();
+            let mut done = Ok(());
             row::line_rows(
                 text,
                 &w.copy,
                 columns,
                 self.spec.append_delimiter,
-                &mut records,
+                &mut |r| {
+                    if done.is_ok() {
+                        done = each(r);
+                    }
+                },
             );
-            for r in records {
-                each(r).map_err(failed)?;
-            }
+            done.map_err(failed)?;
         }
     }
 
