@@ -515,6 +515,15 @@ impl Aggregator {
     /// (closed ones included, until pruned), sorted by (start, group).
     pub fn take_updates(&mut self) -> Vec<WindowResult> {
         let dirty = std::mem::take(&mut self.dirty);
+        for ((start, _), keys) in &dirty.0 {
+            if let Some(window) = self.fixed.get_mut(start) {
+                for k in keys {
+                    if let Some(cell) = window.get_mut(k) {
+                        cell.dirty = false;
+                    }
+                }
+            }
+        }
         dirty
             .0
             .into_iter()
@@ -567,33 +576,36 @@ impl Aggregator {
     fn add_fixed(&mut self, row: &Row, size: i64, slide: i64) -> Ingested {
         let wm = self.watermark.unwrap_or(i64::MIN);
         let complete_from = self.complete_from();
-        let newest = row.t.div_euclid(slide) * slide;
         // Starts descend, so ends do too: stop at the first window that misses t or has closed.
-        let starts: Vec<i64> = std::iter::successors(Some(newest), |s| Some(s - slide))
-            .take_while(|s| s + size > row.t && s + size > wm)
-            .collect();
-        if starts.is_empty() {
-            return Ingested::Late;
-        }
-        let mut outcome = Ingested::Added;
-        for start in starts {
+        let mut start = row.t.div_euclid(slide) * slide;
+        let mut outcome = Ingested::Late;
+        while start + size > row.t && start + size > wm {
+            if outcome == Ingested::Late {
+                outcome = Ingested::Added;
+            }
             let window = self.fixed.entry(start).or_default();
             let full = window.len() >= self.plan.max_groups;
             // Most records land in a group that exists: no key is copied then.
             let cell = match window.get_mut(&row.key) {
-                Some(cell) => cell,
+                Some(cell) => Some(cell),
                 None if full => {
                     outcome = Ingested::Overflow;
-                    continue;
+                    None
                 }
                 None => {
                     let mut cell = Cell::new(row.group.clone(), &self.plan.measures);
                     cell.incomplete = start < complete_from;
-                    window.entry(row.key.clone()).or_insert(cell)
+                    Some(window.entry(row.key.clone()).or_insert(cell))
                 }
             };
-            cell.add(&row.inputs);
-            self.dirty.insert(start, start + size, &row.key);
+            if let Some(cell) = cell {
+                cell.add(&row.inputs);
+                if !cell.dirty {
+                    cell.dirty = true;
+                    self.dirty.insert(start, start + size, &row.key);
+                }
+            }
+            start -= slide;
         }
         outcome
     }

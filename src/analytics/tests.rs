@@ -367,6 +367,26 @@ fn window_behaviour_table() {
             ],
         ),
         (
+            "a hopping window drained and changed again is reported again, each time",
+            cfg(json!({"type": "hopping", "size_seconds": 20, "slide_seconds": 10}), json!({"group_by": ["k"]})),
+            vec![
+                add(r#"{"ts":15,"k":"a"}"#),
+                add(r#"{"ts":16,"k":"a"}"#),
+                Updates(&["[0,20) {\"k\":\"a\"} {\"count\":2} open", "[10,30) {\"k\":\"a\"} {\"count\":2} open"]),
+                add(r#"{"ts":17,"k":"a"}"#),
+                add(r#"{"ts":17,"k":"b"}"#),
+                Updates(&[
+                    "[0,20) {\"k\":\"a\"} {\"count\":3} open",
+                    "[0,20) {\"k\":\"b\"} {\"count\":1} open",
+                    "[10,30) {\"k\":\"a\"} {\"count\":3} open",
+                    "[10,30) {\"k\":\"b\"} {\"count\":1} open",
+                ]),
+                Updates(&[]),
+                add(r#"{"ts":18,"k":"b"}"#),
+                Updates(&["[0,20) {\"k\":\"b\"} {\"count\":2} open", "[10,30) {\"k\":\"b\"} {\"count\":2} open"]),
+            ],
+        ),
+        (
             "session updates report the merged session, not the sessions it absorbed",
             cfg(json!({"type": "session", "gap_seconds": 10}), json!({"allowed_lateness_seconds": 100})),
             vec![

@@ -176,6 +176,10 @@ pub(super) struct Cell {
     /// Records it should have seen were lost before the aggregate read them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// A fixed window's cell: listed in the aggregator's dirty set, so
+    /// the next record need not look it up there. Not state.
+    #[serde(skip)]
+    pub dirty: bool,
 }
 
 impl Cell {
@@ -185,6 +189,7 @@ impl Cell {
             group,
             accs,
             incomplete: false,
+            dirty: false,
         }
     }
 
