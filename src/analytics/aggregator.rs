@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::time::{self, format_iso8601};
 use super::window::{Cell, Input};
-use super::{lookup, AggregateConfig, ConfigError, Plan, TimeSource, WindowKind};
+use super::{lookup, AggregateConfig, ConfigError, Path, Plan, TimeSource, WindowKind};
 
 /// What happened to one ingested record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,12 +125,31 @@ impl Dirty {
     }
 }
 
-/// A record reduced to what the windows need.
-struct Row {
+/// A record reduced to what the windows need, borrowing the buffers an
+/// aggregator reuses from record to record.
+struct Row<'a> {
     t: i64,
     /// Canonical JSON of the group values: a cheap, orderable map key.
-    key: String,
-    group: Vec<Value>,
+    key: &'a str,
+    inputs: &'a [Input],
+    /// The record, for the group values of a cell it opens.
+    obj: &'a Map<String, Value>,
+}
+
+impl Row<'_> {
+    /// The group values, copied: only a new cell needs them.
+    fn group(&self, groups: &[(String, Path)]) -> Vec<Value> {
+        groups
+            .iter()
+            .map(|(_, p)| lookup(self.obj, p).cloned().unwrap_or(Value::Null))
+            .collect()
+    }
+}
+
+/// The buffers a record's [`Row`] is made in.
+#[derive(Default)]
+struct Scratch {
+    key: Vec<u8>,
     inputs: Vec<Input>,
 }
 
@@ -163,6 +182,7 @@ pub struct Aggregator {
     pending: Vec<(i64, i64, String)>,
     /// Windows changed since the last `take_updates`.
     dirty: Dirty,
+    scratch: Scratch,
     late: u64,
     overflow: u64,
     invalid: BTreeMap<&'static str, u64>,
@@ -215,6 +235,7 @@ impl Aggregator {
             closed: BTreeMap::new(),
             pending: Vec::new(),
             dirty: Dirty::default(),
+            scratch: Scratch::default(),
             late: 0,
             overflow: 0,
             invalid: BTreeMap::new(),
@@ -406,9 +427,21 @@ impl Aggregator {
     /// Feeds a record already parsed (`None`: not a JSON object), so several
     /// aggregates over one stream parse each record once.
     pub fn ingest_object(&mut self, obj: Option<&Map<String, Value>>, arrival_ms: i64) -> Ingested {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let outcome = self.ingest_into(obj, arrival_ms, &mut scratch);
+        self.scratch = scratch;
+        outcome
+    }
+
+    fn ingest_into(
+        &mut self,
+        obj: Option<&Map<String, Value>>,
+        arrival_ms: i64,
+        scratch: &mut Scratch,
+    ) -> Ingested {
         let row = match obj
             .ok_or(InvalidReason::NotJsonObject)
-            .and_then(|obj| self.parse(obj, arrival_ms))
+            .and_then(|obj| self.parse(obj, arrival_ms, scratch))
         {
             Ok(row) => row,
             Err(reason) => {
@@ -532,7 +565,12 @@ impl Aggregator {
             .collect()
     }
 
-    fn parse(&self, obj: &Map<String, Value>, arrival_ms: i64) -> Result<Row, InvalidReason> {
+    fn parse<'a>(
+        &self,
+        obj: &'a Map<String, Value>,
+        arrival_ms: i64,
+        scratch: &'a mut Scratch,
+    ) -> Result<Row<'a>, InvalidReason> {
         let t = match &self.plan.time {
             TimeSource::Arrival => {
                 let t = time::in_range(arrival_ms).ok_or(InvalidReason::BadTime)?;
@@ -543,24 +581,25 @@ impl Aggregator {
                 Some(v) => time::parse_value(v, *format).ok_or(InvalidReason::BadTime)?,
             },
         };
-        let group: Vec<Value> = self
+        scratch.inputs.clear();
+        for m in &self.plan.measures {
+            scratch.inputs.push(m.input(obj)?);
+        }
+        // The same text as `Value::Array(group).to_string()`.
+        const NULL: Value = Value::Null;
+        let group: Vec<&Value> = self
             .plan
             .groups
             .iter()
-            .map(|(_, p)| lookup(obj, p).cloned().unwrap_or(Value::Null))
+            .map(|(_, p)| lookup(obj, p).unwrap_or(&NULL))
             .collect();
-        let inputs = self
-            .plan
-            .measures
-            .iter()
-            .map(|m| m.input(obj))
-            .collect::<Result<_, _>>()?;
+        scratch.key.clear();
+        serde_json::to_writer(&mut scratch.key, &group).expect("JSON values serialize");
         Ok(Row {
             t,
-            // The same text as `Value::Array(group).to_string()`.
-            key: serde_json::to_string(&group).expect("JSON values serialize"),
-            group,
-            inputs,
+            key: std::str::from_utf8(&scratch.key).expect("serde_json writes UTF-8"),
+            inputs: &scratch.inputs,
+            obj,
         })
     }
 
@@ -586,23 +625,23 @@ impl Aggregator {
             let window = self.fixed.entry(start).or_default();
             let full = window.len() >= self.plan.max_groups;
             // Most records land in a group that exists: no key is copied then.
-            let cell = match window.get_mut(&row.key) {
+            let cell = match window.get_mut(row.key) {
                 Some(cell) => Some(cell),
                 None if full => {
                     outcome = Ingested::Overflow;
                     None
                 }
                 None => {
-                    let mut cell = Cell::new(row.group.clone(), &self.plan.measures);
+                    let mut cell = Cell::new(row.group(&self.plan.groups), &self.plan.measures);
                     cell.incomplete = start < complete_from;
-                    Some(window.entry(row.key.clone()).or_insert(cell))
+                    Some(window.entry(row.key.to_owned()).or_insert(cell))
                 }
             };
             if let Some(cell) = cell {
-                cell.add(&row.inputs);
+                cell.add(row.inputs);
                 if !cell.dirty {
                     cell.dirty = true;
-                    self.dirty.insert(start, start + size, &row.key);
+                    self.dirty.insert(start, start + size, row.key);
                 }
             }
             start -= slide;
@@ -611,7 +650,7 @@ impl Aggregator {
     }
 
     fn add_session(&mut self, row: &Row, gap: i64) -> Ingested {
-        let (t, key) = (row.t, &row.key);
+        let (t, key) = (row.t, row.key);
         let wm = self.watermark.unwrap_or(i64::MIN);
         let closed_until = self.sessions.get(key).map_or(i64::MIN, |g| g.closed_until);
         if t + gap <= wm || t < closed_until {
@@ -621,7 +660,7 @@ impl Aggregator {
         let touches = |s: &Session| s.start < t + gap && t < s.last + gap;
         let group = self
             .sessions
-            .entry(key.clone())
+            .entry(key.to_owned())
             .or_insert_with(|| SessionGroup {
                 open: Vec::new(),
                 closed_until: i64::MIN,
@@ -636,20 +675,21 @@ impl Aggregator {
         let mut merged = Session {
             start: t,
             last: t,
-            cell: Cell::new(row.group.clone(), &self.plan.measures),
+            cell: Cell::new(row.group(&self.plan.groups), &self.plan.measures),
         };
         for s in touching {
             let end = s.last + gap;
-            self.session_ends.remove(&(end, key.clone(), s.start));
+            self.session_ends.remove(&(end, key.to_owned(), s.start));
             self.dirty.remove(s.start, end, key);
             merged.start = merged.start.min(s.start);
             merged.last = merged.last.max(s.last);
             merged.cell.merge(&s.cell);
         }
         merged.cell.incomplete |= merged.start < complete_from;
-        merged.cell.add(&row.inputs);
+        merged.cell.add(row.inputs);
         let end = merged.last + gap;
-        self.session_ends.insert((end, key.clone(), merged.start));
+        self.session_ends
+            .insert((end, key.to_owned(), merged.start));
         self.dirty.insert(merged.start, end, key);
         group.open.push(merged);
         Ingested::Added
