@@ -314,8 +314,13 @@ impl Change {
 
 /// Where in the source's change stream a record is.
 pub enum Position<'a> {
-    /// MySQL: the event's binlog file and offset.
-    Binlog { file: &'a str, pos: u64 },
+    /// MySQL: the event's binlog file and offset, and on MariaDB its
+    /// transaction's GTID.
+    Binlog {
+        file: &'a str,
+        pos: u64,
+        gtid: Option<&'a str>,
+    },
     /// PostgreSQL: the end of the transaction's commit record.
     Wal { lsn: u64 },
 }
@@ -355,6 +360,8 @@ pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         pos: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        gtid: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         lsn: Option<u64>,
         row: usize,
         ts_ms: i64,
@@ -373,9 +380,9 @@ pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
         truncated: Option<usize>,
     }
     let mut op = [0u8; 4];
-    let (file, pos, lsn) = match o.position {
-        Position::Binlog { file, pos } => (Some(file), Some(pos), None),
-        Position::Wal { lsn } => (None, None, Some(lsn)),
+    let (file, pos, gtid, lsn) = match o.position {
+        Position::Binlog { file, pos, gtid } => (Some(file), Some(pos), gtid, None),
+        Position::Wal { lsn } => (None, None, None, Some(lsn)),
     };
     let (db, schema) = match o.database {
         Some(d) => (d, Some(&*c.db)),
@@ -392,6 +399,7 @@ pub fn envelope(c: &Change, o: &Origin) -> Vec<u8> {
             snapshot: o.snapshot,
             file,
             pos,
+            gtid,
             lsn,
             row: o.row,
             ts_ms: o.commit_ms,

@@ -44,7 +44,9 @@ use crate::destination::warehouse::mirror::{write_defs, ColumnDef, TableDef, Tab
 use crate::spec::database::DatabaseSpec;
 use crate::stream::Batch;
 
+pub mod gtid;
 pub mod value;
+use gtid::{Gtid, GtidPos, GTID_EVENT};
 use value::{to_json, Kind};
 
 pub(super) const BINLOG: &str = "binlog";
@@ -137,14 +139,71 @@ fn server_code(e: &mysql_async::Error) -> Option<u16> {
     }
 }
 
+/// A place in the binlog: its file and offset, and on MariaDB the GTID
+/// position there too (`gtid`: None on MySQL, or where it is not known).
+#[derive(Clone, Debug, PartialEq)]
+struct At {
+    file: String,
+    pos: u64,
+    gtid: Option<GtidPos>,
+}
+
+impl At {
+    /// Whether reading resumes by GTID rather than file and offset: on
+    /// MariaDB, once a GTID position is known (an empty one says nothing
+    /// a server can look up).
+    fn by_gtid(&self) -> Option<&GtidPos> {
+        self.gtid.as_ref().filter(|g| !g.is_empty())
+    }
+
+    /// The position as the stream's log records it.
+    fn mark(&self, epoch: u64) -> String {
+        let mut m = json!({ "file": self.file, "pos": self.pos, "epoch": epoch });
+        if let Some(g) = &self.gtid {
+            m["gtid"] = Json::String(g.to_string());
+        }
+        m.to_string()
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.by_gtid() {
+            Some(g) => write!(f, "GTID {g} ({}:{})", self.file, self.pos),
+            None => write!(f, "{}:{}", self.file, self.pos),
+        }
+    }
+}
+
+/// The GTID position at a file and offset of a MariaDB binlog, if the
+/// server still has that file.
+async fn gtid_at(conn: &mut Conn, file: &str, pos: u64) -> Result<Option<GtidPos>, SourceError> {
+    let g: Option<Option<String>> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file, pos))
+        .await
+        .map_err(retry("reading the GTID position"))?;
+    match g.flatten() {
+        Some(g) => GtidPos::parse(&g).map(Some).map_err(SourceError::Retry),
+        None => Ok(None),
+    }
+}
+
 /// The binlog settings change data capture needs, and the privilege to
-/// read the binlog's position. Err says what to change.
-async fn check_server(conn: &mut Conn) -> Result<(String, u64), SourceError> {
-    let row: Option<(Option<String>, Option<String>, Option<String>)> = conn
-        .query_first("SELECT @@log_bin, @@binlog_format, @@binlog_row_image")
+/// read the binlog's position. Err says what to change. Ok: where the
+/// binlog is now, and whether the server is MariaDB.
+async fn check_server(conn: &mut Conn) -> Result<(At, bool), SourceError> {
+    type Settings = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Settings> = conn
+        .query_first("SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@version")
         .await
         .map_err(retry("reading the binlog settings"))?;
-    let (log_bin, format, image) = row.unwrap_or_default();
+    let (log_bin, format, image, version) = row.unwrap_or_default();
+    let mariadb = version.is_some_and(|v| v.contains("MariaDB"));
     let refuse = |m: String| Err(SourceError::Retry(m));
     if !matches!(log_bin.as_deref(), Some("1" | "ON")) {
         return refuse(
@@ -166,7 +225,12 @@ async fn check_server(conn: &mut Conn) -> Result<(String, u64), SourceError> {
             image.unwrap_or_default()
         ));
     }
-    master_status(conn).await
+    let (file, pos) = master_status(conn).await?;
+    let gtid = match mariadb {
+        true => gtid_at(conn, &file, pos).await?,
+        false => None,
+    };
+    Ok((At { file, pos, gtid }, mariadb))
 }
 
 /// The binlog's current file and position.
@@ -355,32 +419,69 @@ fn server_id(stream: &str) -> u32 {
     (crc32c::crc32c(stream.as_bytes()) & 0x0fff_ffff) | 0x4000_0000
 }
 
+/// The binlog from `at` on. MariaDB is told hydrant reads GTID events
+/// (capability 4), and, where the GTID position is known, asked for the
+/// events after it, strictly: a server whose binlog does not hold that
+/// position says so rather than starting elsewhere.
 async fn open_binlog(
     spec: &DatabaseSpec,
     stream: &str,
-    file: &str,
-    pos: u64,
+    at: &At,
+    mariadb: bool,
 ) -> Result<mysql_async::BinlogStream, SourceError> {
-    let conn = connect(spec).await?;
-    let request = BinlogStreamRequest::new(server_id(stream))
-        .with_filename(file.as_bytes())
-        .with_pos(pos);
+    let mut conn = connect(spec).await?;
+    let mut request = BinlogStreamRequest::new(server_id(stream));
+    if mariadb {
+        let mut set = "SET @mariadb_slave_capability=4".to_owned();
+        if let Some(g) = at.by_gtid() {
+            // Digits, dashes and commas only: GtidPos prints nothing else.
+            set += &format!(", @slave_connect_state='{g}', @slave_gtid_strict_mode=1");
+        }
+        conn.query_drop(set)
+            .await
+            .map_err(retry("asking for GTID events"))?;
+    }
+    if at.by_gtid().is_none() {
+        request = request.with_filename(at.file.as_bytes()).with_pos(at.pos);
+    }
     conn.get_binlog_stream(request)
         .await
-        .map_err(|e| binlog_error(e, file, pos))
+        .map_err(|e| binlog_error(e, at))
 }
 
-fn binlog_error(e: mysql_async::Error, file: &str, pos: u64) -> SourceError {
+fn binlog_error(e: mysql_async::Error, at: &At) -> SourceError {
     match server_code(&e) {
         Some(1236) => SourceError::Failed(format!(
-            "the binlog no longer holds hydrant's position {file}:{pos} (purged while hydrant was behind \
-             or stopped?): {e}; changes after it cannot be read, so the stream stops; re-create it \
-             to snapshot again"
+            "the binlog no longer holds hydrant's position {at} (purged while hydrant was behind \
+             or stopped, or a server that never had it?): {e}; changes after it cannot be read, so \
+             the stream stops; re-create it to snapshot again"
         )),
         Some(1227 | 1045 | 1142) => SourceError::Retry(format!(
             "reading the binlog needs the REPLICATION SLAVE privilege (MariaDB: REPLICATION SLAVE): {e}"
         )),
-        _ => SourceError::Retry(format!("reading the binlog at {file}:{pos}: {e}")),
+        _ => SourceError::Retry(format!("reading the binlog at {at}: {e}")),
+    }
+}
+
+/// A rotate event's file name, less the CRC-32 checksum that ends the
+/// event when the name's last four bytes are that of the event before them.
+fn without_checksum<'n>(event: &Event, name: &'n [u8]) -> &'n [u8] {
+    let Some(cut) = name.len().checked_sub(4) else {
+        return name;
+    };
+    let h = event.header();
+    let data = event.data();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h.timestamp().to_le_bytes());
+    crc.update(&[h.event_type_raw()]);
+    crc.update(&h.server_id().to_le_bytes());
+    crc.update(&h.event_size().to_le_bytes());
+    crc.update(&h.log_pos().to_le_bytes());
+    crc.update(&h.flags_raw().to_le_bytes());
+    crc.update(&data[..data.len() - 4]);
+    match crc.finalize().to_le_bytes() == name[cut..] {
+        true => &name[..cut],
+        false => name,
     }
 }
 
@@ -389,7 +490,7 @@ fn binlog_error(e: mysql_async::Error, file: &str, pos: u64) -> SourceError {
 pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
     async {
         let mut conn = connect(spec).await?;
-        let (file, pos) = check_server(&mut conn).await?;
+        let (now, mariadb) = check_server(&mut conn).await?;
         let tables = discover(&mut conn, spec).await?;
         if tables.is_empty() {
             return Err(SourceError::Retry(
@@ -413,9 +514,9 @@ pub async fn check(spec: &DatabaseSpec, stream: &str) -> Result<(), String> {
         watermark_table(&mut conn, spec).await?;
         let _ = conn.disconnect().await;
         // Reading the binlog needs REPLICATION SLAVE: ask for it once.
-        let mut binlog = open_binlog(spec, &format!("{stream}-check"), &file, pos).await?;
+        let mut binlog = open_binlog(spec, &format!("{stream}-check"), &now, mariadb).await?;
         if let Some(Err(e)) = binlog.next().await {
-            return Err(binlog_error(e, &file, pos));
+            return Err(binlog_error(e, &now));
         }
         let _ = binlog.close().await;
         Ok(())
@@ -537,6 +638,13 @@ struct Reader<'a> {
     file: String,
     /// The position after the last commit read.
     pos: u64,
+    /// MariaDB: the GTID position there (None where it is not known).
+    gtid: Option<GtidPos>,
+    /// The GTID of the event group being read.
+    txn_gtid: Option<Gtid>,
+    /// Reading was asked for by GTID, so the server's first, artificial,
+    /// rotate names the file it starts in, which hydrant does not know.
+    first_rotate_names: bool,
     marked: (String, u64),
     marked_at: Instant,
     txn: Vec<Pending>,
@@ -557,13 +665,13 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
     let spec = &ctx.spec;
     let stream = &ctx.stream;
     let mut conn = connect(spec).await?;
-    let now = check_server(&mut conn).await?;
+    let (now, mariadb) = check_server(&mut conn).await?;
     watermark_table(&mut conn, spec).await?;
     let recorded: Option<Json> = stream
         .log
         .position(BINLOG)
         .map(|p| serde_json::from_str(&p).unwrap_or(Json::Null));
-    let (file, pos, epoch) = match recorded {
+    let (start, epoch) = match recorded {
         Some(j) if j["restart"].is_u64() => {
             // A snapshot was asked for: from now on, every table afresh,
             // each first emptied (a `t` record) of what came before.
@@ -578,8 +686,9 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
                     stream: &stream.spec.name,
                     database: None,
                     position: Position::Binlog {
-                        file: &now.0,
-                        pos: now.1,
+                        file: &now.file,
+                        pos: now.pos,
+                        gtid: None,
                     },
                     row: i,
                     commit_ms: now_ms,
@@ -588,30 +697,40 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
                 };
                 batch.push(now_ms, &envelope(&change, &origin));
             }
-            let mark = json!({ "file": now.0, "pos": now.1, "epoch": epoch }).to_string();
             stream
-                .put_marked(batch, BINLOG, &mark)
+                .put_marked(batch, BINLOG, &now.mark(epoch))
                 .await
                 .map_err(|e| SourceError::Retry(format!("recording the start position: {e}")))?;
-            (now.0, now.1, epoch)
+            (now, epoch)
         }
-        Some(j) => match (j["file"].as_str(), j["pos"].as_u64()) {
-            (Some(f), Some(p)) => (f.to_owned(), p, j["epoch"].as_u64().unwrap_or(0)),
-            _ => {
-                return Err(SourceError::Failed(format!(
-                    "the recorded binlog position {j} is unreadable"
-                )))
-            }
-        },
+        Some(j) => {
+            let unreadable =
+                || SourceError::Failed(format!("the recorded binlog position {j} is unreadable"));
+            let (Some(file), Some(pos)) = (j["file"].as_str(), j["pos"].as_u64()) else {
+                return Err(unreadable());
+            };
+            let gtid = match j["gtid"].as_str() {
+                Some(g) => Some(GtidPos::parse(g).map_err(|_| unreadable())?),
+                // Recorded without one: where the server still has the
+                // file, it knows the GTID position there.
+                None if mariadb => gtid_at(&mut conn, file, pos).await?,
+                None => None,
+            };
+            let at = At {
+                file: file.to_owned(),
+                pos,
+                gtid: gtid.filter(|_| mariadb),
+            };
+            (at, j["epoch"].as_u64().unwrap_or(0))
+        }
         None => {
             // The first start: the binlog from now on, and every table's
             // snapshot. The start is recorded before anything is read.
-            let mark = json!({ "file": now.0, "pos": now.1, "epoch": 0 }).to_string();
             stream
-                .put_marked(Batch::default(), BINLOG, &mark)
+                .put_marked(Batch::default(), BINLOG, &now.mark(0))
                 .await
                 .map_err(|e| SourceError::Retry(format!("recording the start position: {e}")))?;
-            (now.0, now.1, 0)
+            (now, 0)
         }
     };
     let mut reader = Reader {
@@ -619,9 +738,12 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
         conn,
         tables: HashMap::new(),
         snaps: BTreeMap::new(),
-        file: file.clone(),
-        pos,
-        marked: (file.clone(), pos),
+        file: start.file.clone(),
+        pos: start.pos,
+        gtid: start.gtid.clone(),
+        txn_gtid: None,
+        first_rotate_names: start.by_gtid().is_some(),
+        marked: (start.file.clone(), start.pos),
         marked_at: Instant::now(),
         txn: Vec::new(),
         epoch,
@@ -632,8 +754,8 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
         chunk: None,
     };
     reader.reload(false).await?;
-    *ctx.stats.position.lock().unwrap() = format!("{file}:{pos}");
-    let mut binlog = open_binlog(spec, &stream.spec.name, &file, pos).await?;
+    *ctx.stats.position.lock().unwrap() = start.to_string();
+    let mut binlog = open_binlog(spec, &stream.spec.name, &start, mariadb).await?;
     ctx.stats.last_error.lock().unwrap().take();
     loop {
         if reader.chunk.is_none() {
@@ -652,7 +774,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
         };
         let event = match event {
             Some(Ok(e)) => e,
-            Some(Err(e)) => return Err(binlog_error(e, &reader.file, reader.pos)),
+            Some(Err(e)) => return Err(binlog_error(e, &reader.at())),
             None => {
                 return Err(SourceError::Retry(format!(
                     "the server at {}:{} closed the binlog stream",
@@ -665,6 +787,14 @@ pub(super) async fn run(ctx: &Ctx) -> Result<(), SourceError> {
 }
 
 impl Reader<'_> {
+    fn at(&self) -> At {
+        At {
+            file: self.file.clone(),
+            pos: self.pos,
+            gtid: self.gtid.clone(),
+        }
+    }
+
     /// Reads the selected tables' definitions again (at start, and after
     /// DDL). A table seen for the first time mid-stream was created after
     /// the position: the binlog has all its rows, so it needs no snapshot.
@@ -829,18 +959,18 @@ impl Reader<'_> {
     /// With nothing waiting, records the position now and then (`force`:
     /// now), so a restart does not read far back.
     async fn flush(&mut self, force: bool) -> Result<(), SourceError> {
-        let at = (self.file.clone(), self.pos);
         if self.batch.is_empty()
-            && (at == self.marked || (!force && self.marked_at.elapsed() < IDLE_MARK))
+            && ((self.file == self.marked.0 && self.pos == self.marked.1)
+                || (!force && self.marked_at.elapsed() < IDLE_MARK))
         {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_since = None;
-        let mark = json!({ "file": at.0, "pos": at.1, "epoch": self.epoch }).to_string();
-        self.put(batch, BINLOG, &mark).await?;
-        *self.ctx.stats.position.lock().unwrap() = format!("{}:{}", at.0, at.1);
-        self.marked = at;
+        let at = self.at();
+        self.put(batch, BINLOG, &at.mark(self.epoch)).await?;
+        *self.ctx.stats.position.lock().unwrap() = at.to_string();
+        self.marked = (at.file, at.pos);
         self.marked_at = Instant::now();
         Ok(())
     }
@@ -859,16 +989,33 @@ impl Reader<'_> {
                 self.file
             ))
         })?;
+        if header.event_type_raw() == GTID_EVENT && self.gtid.is_some() {
+            let g = Gtid::from_event(header.server_id(), event.data()).ok_or_else(|| {
+                SourceError::Retry(format!(
+                    "a GTID event at {}:{start} is {} bytes, too short for a GTID",
+                    self.file,
+                    event.data().len()
+                ))
+            })?;
+            self.txn_gtid = Some(g);
+            return Ok(());
+        }
         let Some(data) = data else { return Ok(()) };
         match data {
             EventData::FormatDescriptionEvent(_) => self.described = true,
             // The server's first event is an artificial rotate naming where
-            // reading starts, which is known (and which arrives before the
-            // checksum algorithm is, so its name can carry the checksum).
-            // Later ones (to the next file, after a restart of the server)
+            // reading starts. That is known, unless reading was asked for
+            // by GTID; the event arrives before the checksum algorithm
+            // does, so its name may end in the event's checksum. Later
+            // rotates (to the next file, after a restart of the server)
             // and real ones name the file reading goes on in.
-            EventData::RotateEvent(r) if self.described => {
-                let name = r.name().into_owned();
+            EventData::RotateEvent(r) if self.described || self.first_rotate_names => {
+                let name = match self.described {
+                    true => r.name_raw(),
+                    false => without_checksum(&event, r.name_raw()),
+                };
+                let name = String::from_utf8_lossy(name).into_owned();
+                self.first_rotate_names = false;
                 if name.is_empty() || name.len() > 512 || name.chars().any(|c| c.is_control()) {
                     return Err(SourceError::Failed(format!(
                         "the binlog rotated to a file named {name:?} after {}:{start}, which is not a file name",
@@ -889,7 +1036,14 @@ impl Reader<'_> {
                 match word.as_str() {
                     "BEGIN" | "XA" | "SAVEPOINT" => {}
                     "COMMIT" => self.commit(end, header.timestamp(), None).await?,
-                    "ROLLBACK" => self.txn.clear(),
+                    "ROLLBACK" => {
+                        // The group is over, with nothing to hand on.
+                        self.txn.clear();
+                        self.pos = end;
+                        if let (Some(state), Some(g)) = (&mut self.gtid, self.txn_gtid.take()) {
+                            state.advance(g);
+                        }
+                    }
                     _ => {
                         // DDL (and statements on non-captured engines):
                         // each is its own transaction.
@@ -1066,6 +1220,11 @@ impl Reader<'_> {
         let name = self.ctx.stream.spec.name.clone();
         let now = now_ms();
         let n = self.txn.len();
+        let gtid = self.txn_gtid.take();
+        let gtid_text = gtid.map(|g| g.to_string());
+        if let (Some(state), Some(g)) = (&mut self.gtid, gtid) {
+            state.advance(g);
+        }
         for p in self.txn.drain(..) {
             if let Some(c) = &mut self.chunk {
                 if c.open && *c.table.db == *p.change.db && *c.table.name == *p.change.table {
@@ -1079,6 +1238,7 @@ impl Reader<'_> {
                 position: Position::Binlog {
                     file: &self.file,
                     pos: p.pos,
+                    gtid: gtid_text.as_deref(),
                 },
                 row: p.row,
                 commit_ms,
@@ -1142,6 +1302,7 @@ impl Reader<'_> {
                 position: Position::Binlog {
                     file: &self.file,
                     pos: self.pos,
+                    gtid: None,
                 },
                 row: i,
                 commit_ms: now,
