@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::hll::{hash64, HyperLogLog};
+use super::hll::{Hash64, HyperLogLog};
 use super::{lookup, number, InvalidReason, Measure, MeasureOp};
 
 /// What one record contributes to one measure.
@@ -28,7 +28,12 @@ impl Measure {
             MeasureOp::Count => Input::Present,
             // Objects are hashed as their text with keys in record order (serde_json keeps
             // the order here), so {"a":1,"b":2} and {"b":2,"a":1} count as two values.
-            MeasureOp::ApproxDistinct => Input::Hash(hash64(v.to_string().as_bytes())),
+            // Hashed as it is written: no copy of the text.
+            MeasureOp::ApproxDistinct => {
+                let mut h = Hash64::default();
+                serde_json::to_writer(&mut h, v).expect("hashing cannot fail");
+                Input::Hash(h.finish())
+            }
             _ => Input::Num(number(v).ok_or(InvalidReason::NonNumericMeasure)?),
         })
     }
