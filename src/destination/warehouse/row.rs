@@ -79,13 +79,93 @@ pub fn rows<'a>(
     line_per_record: bool,
 ) -> Vec<Record<'a>> {
     let mut out: Vec<Record<'a>> = Vec::new();
-    let lines = body
-        .split(|b| *b == b'\n')
-        .skip(opts.ignore_header as usize);
-    for line in lines {
-        line_rows(line, opts, columns, line_per_record, &mut |r| out.push(r));
+    let mut pieces = Pieces::new(opts, line_per_record);
+    let mut rest = body;
+    while !rest.is_empty() {
+        let n = pieces.end(rest).unwrap_or(rest.len());
+        let (piece, next) = rest.split_at(n);
+        rest = next;
+        if pieces.in_header(piece) {
+            continue;
+        }
+        let piece = piece.strip_suffix(b"\n").unwrap_or(piece);
+        line_rows(piece, opts, columns, line_per_record, &mut |r| out.push(r));
     }
     out
+}
+
+/// Where the pieces of a staged object end, so that reading it holds one
+/// piece at a time: after each newline and, with JSON records back to back
+/// (no AppendDelimiterToRecord), also after each object or array at the
+/// top level, so that a piece is one record rather than the whole object.
+/// A malformed record runs on to the next top-level end or newline, where
+/// `line_rows` refuses what does not read.
+pub struct Pieces {
+    objects: bool,
+    header_lines: u64,
+    depth: u32,
+    string: bool,
+    escape: bool,
+}
+
+impl Pieces {
+    pub fn new(opts: &CopyOptions, line_per_record: bool) -> Pieces {
+        Pieces {
+            objects: matches!(opts.format, RecordFormat::Json { .. }) && !line_per_record,
+            header_lines: opts.ignore_header,
+            depth: 0,
+            string: false,
+            escape: false,
+        }
+    }
+
+    /// The length of the start of `buf` that ends the piece being read,
+    /// if it ends in `buf`; otherwise the piece goes on in what follows.
+    pub fn end(&mut self, buf: &[u8]) -> Option<usize> {
+        if !self.objects {
+            return buf.iter().position(|&b| b == b'\n').map(|i| i + 1);
+        }
+        for (i, &b) in buf.iter().enumerate() {
+            if b == b'\n' {
+                // A newline ends a piece even in a string (where JSON has none).
+                (self.depth, self.string, self.escape) = (0, false, false);
+                return Some(i + 1);
+            }
+            if self.string {
+                match (self.escape, b) {
+                    (true, _) => self.escape = false,
+                    (false, b'\\') => self.escape = true,
+                    (false, b'"') => self.string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.string = true,
+                b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Whether `piece` (whole, as `end` cut it) is in the lines
+    /// IGNOREHEADER skips.
+    pub fn in_header(&mut self, piece: &[u8]) -> bool {
+        if self.header_lines == 0 {
+            return false;
+        }
+        if piece.ends_with(b"\n") {
+            self.header_lines -= 1;
+        }
+        true
+    }
 }
 
 /// The records of one line of a staged object (without its `\n`; see
@@ -595,6 +675,52 @@ mod tests {
         );
         let ok: Vec<bool> = got.iter().map(|r| r.row.is_ok()).collect();
         assert_eq!(ok, [true, false, false, true]);
+    }
+
+    #[test]
+    fn back_to_back_records_are_read_a_piece_at_a_time_across_any_cut() {
+        let body = br#"{"id": 1, "source": "a}\"{"}[1,{"x":[]}] {"id": 2}{"id": oops{"id": 3}}"#;
+        let body = [&body[..], b"\n{\"id\": 4}\n"].concat();
+        let whole = |p: &mut Pieces, b: &[u8]| {
+            let mut out = Vec::new();
+            let mut rest = b;
+            while let Some(n) = p.end(rest) {
+                out.push(String::from_utf8_lossy(&rest[..n]).into_owned());
+                rest = &rest[n..];
+            }
+            (out, rest.len())
+        };
+        let mut p = Pieces::new(&opts("json 'auto'"), false);
+        let (pieces, left) = whole(&mut p, &body);
+        assert_eq!(
+            pieces,
+            [
+                r#"{"id": 1, "source": "a}\"{"}"#,
+                r#"[1,{"x":[]}]"#,
+                r#" {"id": 2}"#,
+                r#"{"id": oops{"id": 3}}"#,
+                "\n",
+                "{\"id\": 4}",
+                "\n",
+            ]
+        );
+        assert_eq!(left, 0);
+        // Fed a byte at a time, the cuts fall in the same places.
+        let mut p = Pieces::new(&opts("json 'auto'"), false);
+        let (mut cuts, mut at) = (Vec::new(), 0);
+        for (i, b) in body.iter().enumerate() {
+            if p.end(std::slice::from_ref(b)).is_some() {
+                cuts.push(String::from_utf8_lossy(&body[at..=i]).into_owned());
+                at = i + 1;
+            }
+        }
+        assert_eq!(cuts, pieces);
+        // One record per line: pieces are lines.
+        let mut p = Pieces::new(&opts("json 'auto'"), true);
+        assert_eq!(whole(&mut p, &body).0.len(), 2);
+        let got = rows(&body, &opts("json 'auto'"), &cols(), false);
+        let ok: Vec<bool> = got.iter().map(|r| r.row.is_ok()).collect();
+        assert_eq!(ok, [true, false, true, false, true]);
     }
 
     #[test]

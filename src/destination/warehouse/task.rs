@@ -180,7 +180,7 @@ impl Loading {
 
     /// Reads a staged object and turns it into COPY text for `columns`: the
     /// work that needs no connection, so it can run ahead of the loads.
-    /// Memory holds a line of the object and a piece of the text at a time.
+    /// Memory holds a piece of the object and a piece of the text at a time.
     pub async fn prepare(&self, key: &str, columns: &[Column]) -> Result<Prepared, Failure> {
         let scratch = self.stores.local.scratch();
         let spool_error = |e: std::io::Error| {
@@ -212,8 +212,9 @@ impl Loading {
         })
     }
 
-    /// Each record of a staged object, in order, read line by line as it is
-    /// decompressed; `each` failing stops the reading.
+    /// Each record of a staged object, in order, read a piece (a line, or a
+    /// record back to back; see `Pieces`) at a time as it is decompressed;
+    /// `each` failing stops the reading.
     async fn each_record(
         &self,
         key: &str,
@@ -231,21 +232,32 @@ impl Loading {
         // An object in a bucket may come from anywhere: bounded.
         let mut reader =
             std::io::BufReader::with_capacity(256 << 10, decoded.take(MAX_OBJECT_BYTES as u64 + 1));
-        let (mut line, mut lines, mut read) = (Vec::new(), 0u64, 0usize);
+        let mut pieces = row::Pieces::new(&w.copy, self.spec.append_delimiter);
+        let (mut line, mut read) = (Vec::new(), 0usize);
         loop {
             line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(failed)?;
-            if n == 0 {
+            loop {
+                let buf = reader.fill_buf().map_err(failed)?;
+                let (n, ended) = match pieces.end(buf) {
+                    Some(n) => (n, true),
+                    None => (buf.len(), buf.is_empty()),
+                };
+                line.extend_from_slice(&buf[..n]);
+                reader.consume(n);
+                if ended {
+                    break;
+                }
+            }
+            if line.is_empty() {
                 return Ok(());
             }
-            read += n;
+            read += line.len();
             if read > MAX_OBJECT_BYTES {
                 return Err(Failure::Retry(format!(
                     "the staged object {bucket}/{key} is larger than {MAX_OBJECT_BYTES} bytes uncompressed"
                 )));
             }
-            lines += 1;
-            if lines <= w.copy.ignore_header {
+            if pieces.in_header(&line) {
                 continue;
             }
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
