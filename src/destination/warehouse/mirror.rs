@@ -128,21 +128,29 @@ pub struct Known {
     columns: HashMap<String, HashSet<String>>,
 }
 
-/// Applies one staged object of change records (see the module notes).
-pub async fn apply(
-    client: &mut Client,
-    known: &mut Known,
-    schema: &str,
-    dir: &Path,
-    stream: &str,
-    object: &str,
-    body: &[u8],
-) -> Result<Outcome, LoadError> {
-    let bad = |m: String| LoadError::Table(format!("{object}: {m}"));
-    let mut tables: BTreeMap<String, Net> = BTreeMap::new();
-    let mut changes = 0u64;
-    for record in serde_json::Deserializer::from_slice(body).into_iter::<Json>() {
-        let record = record.map_err(|e| bad(format!("not a change record: {e}")))?;
+/// One staged object's change records, reduced: what applying it does.
+#[derive(Default)]
+pub struct Changes {
+    tables: BTreeMap<String, Net>,
+    count: u64,
+}
+
+impl Changes {
+    /// Reads an object's change records as they are decompressed: memory
+    /// holds a record and the reduced rows, not the object.
+    pub fn read(body: impl std::io::Read) -> Result<Changes, String> {
+        let mut changes = Changes::default();
+        for record in serde_json::Deserializer::from_reader(body).into_iter::<Json>() {
+            let record = record.map_err(|e| match e.io_error_kind() {
+                Some(_) => format!("reading it: {e}"),
+                None => format!("not a change record: {e}"),
+            })?;
+            changes.add(&record)?;
+        }
+        Ok(changes)
+    }
+
+    fn add(&mut self, record: &Json) -> Result<(), String> {
         let source = &record["source"];
         // The table's namespace: PostgreSQL's schema, MySQL's database.
         let (Some(db), Some(table), Some(op)) = (
@@ -150,10 +158,10 @@ pub async fn apply(
             source["table"].as_str(),
             record["op"].as_str(),
         ) else {
-            return Err(bad("a record without op, source.db and source.table".into()));
+            return Err("a record without op, source.db and source.table".into());
         };
-        let net = tables.entry(format!("{db}.{table}")).or_default();
-        changes += 1;
+        let net = self.tables.entry(format!("{db}.{table}")).or_default();
+        self.count += 1;
         match op {
             "t" => {
                 *net = Net {
@@ -178,9 +186,24 @@ pub async fn apply(
                 }
                 net.set(record["key"].clone(), Some(record["after"].clone()));
             }
-            other => return Err(bad(format!("unknown op {other:?}"))),
+            other => return Err(format!("unknown op {other:?}")),
         }
+        Ok(())
     }
+}
+
+/// Applies one staged object's changes (see the module notes).
+pub async fn apply(
+    client: &mut Client,
+    known: &mut Known,
+    schema: &str,
+    dir: &Path,
+    stream: &str,
+    object: &str,
+    changes: &Changes,
+) -> Result<Outcome, LoadError> {
+    let bad = |m: String| LoadError::Table(format!("{object}: {m}"));
+    let (tables, changes) = (&changes.tables, changes.count);
     let tx = client.transaction().await.map_err(unavailable)?;
     let fresh = tx
         .execute(
@@ -196,7 +219,7 @@ pub async fn apply(
     // Read once per object: it is small, and the source rewrites it only
     // at DDL.
     let defs = read_defs(dir).map_err(bad)?;
-    for (name, net) in &tables {
+    for (name, net) in tables {
         let Some((_, table)) = name.split_once('.') else {
             continue;
         };
@@ -374,5 +397,93 @@ fn table_error(target: &str, e: tokio_postgres::Error) -> LoadError {
     match e.as_db_error() {
         Some(db) => LoadError::Table(format!("mirror table {target}: {}", db.message())),
         None => LoadError::Unavailable(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An object's changes reduce to each row's last state, read a record
+    /// at a time from a reader that hands over a few bytes per call.
+    #[test]
+    fn changes_reduce_to_each_rows_last_state_read_in_small_pieces() {
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(buf.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let rec = |op: &str, table: &str, key: i64, before: Json, after: Json| {
+            serde_json::json!({"op": op, "source": {"db": "shop", "table": table},
+                "key": {"id": key}, "before": before, "after": after})
+            .to_string()
+        };
+        let body = [
+            rec("t", "a", 0, Json::Null, Json::Null),
+            rec(
+                "c",
+                "a",
+                1,
+                Json::Null,
+                serde_json::json!({"id": 1, "v": 1}),
+            ),
+            rec(
+                "c",
+                "a",
+                2,
+                Json::Null,
+                serde_json::json!({"id": 2, "v": 2}),
+            ),
+            // A key change: 2 becomes 3.
+            rec(
+                "u",
+                "a",
+                3,
+                serde_json::json!({"id": 2, "v": 2}),
+                serde_json::json!({"id": 3, "v": 2}),
+            ),
+            rec(
+                "d",
+                "a",
+                1,
+                serde_json::json!({"id": 1, "v": 1}),
+                Json::Null,
+            ),
+            rec("r", "b", 9, Json::Null, serde_json::json!({"id": 9})),
+        ]
+        .join("\n");
+        let c = Changes::read(Trickle(body.as_bytes())).unwrap();
+        assert_eq!(c.count, 6);
+        let a = &c.tables["shop.a"];
+        assert!(a.truncate);
+        let state: Vec<(String, Option<Json>)> = a
+            .order
+            .iter()
+            .map(|k| (k.clone(), a.rows[k].1.clone()))
+            .collect();
+        assert_eq!(
+            state,
+            [
+                (r#"{"id":1}"#.into(), None),
+                (r#"{"id":2}"#.into(), None),
+                (
+                    r#"{"id":3}"#.into(),
+                    Some(serde_json::json!({"id": 3, "v": 2}))
+                ),
+            ]
+        );
+        assert_eq!(c.tables["shop.b"].order, [r#"{"id":9}"#]);
+        let e = Changes::read(&b"{\"op\": \"c\"} {oops"[..]).err().unwrap();
+        assert!(e.contains("a record without op"), "{e}");
+        let e = Changes::read(
+            &b"{\"op\": \"c\", \"source\": {\"db\": \"d\", \"table\": \"t\"}} {oops"[..],
+        )
+        .err()
+        .unwrap();
+        assert!(e.starts_with("not a change record"), "{e}");
     }
 }

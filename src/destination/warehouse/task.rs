@@ -314,18 +314,34 @@ impl Loading {
         self.spec.source.is_some()
     }
 
-    /// A staged object's records, decompressed.
-    async fn read(&self, key: &str) -> Result<Vec<u8>, Failure> {
+    /// A staged object of change records, read as it is decompressed and
+    /// reduced (see `mirror`).
+    async fn changes(&self, key: &str) -> Result<super::mirror::Changes, Failure> {
+        use std::io::Read;
         let bucket = &self.spec.bucket;
-        let bytes = self.stores.get(bucket, key).await.map_err(|e| {
-            Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
-        })?;
-        encode::decompress(&bytes, self.spec.compression, MAX_OBJECT_BYTES)
-            .map_err(|e| Failure::Retry(format!("the staged object {bucket}/{key}: {e}")))
+        let failed =
+            |e: String| Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"));
+        let file = self
+            .stores
+            .open(bucket, key)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let decoded = encode::decoder(std::io::BufReader::new(file), self.spec.compression)
+            .map_err(|e| failed(e.to_string()))?;
+        // An object in a bucket may come from anywhere: bounded.
+        let mut body =
+            std::io::BufReader::with_capacity(256 << 10, decoded.take(MAX_OBJECT_BYTES as u64 + 1));
+        let changes = super::mirror::Changes::read(&mut body);
+        if body.get_ref().limit() == 0 {
+            return Err(failed(format!(
+                "larger than {MAX_OBJECT_BYTES} bytes uncompressed"
+            )));
+        }
+        changes.map_err(failed)
     }
 
     async fn apply_changes(&self, conn: &mut Option<Loader>, key: &str) -> Result<Loaded, Failure> {
-        let body = self.read(key).await?;
+        let changes = self.changes(key).await?;
         let schema = self.warehouse().table.table.clone();
         let loader = self.connect(conn).await.map_err(Failure::Retry)?;
         let (client, known) = loader.mirror_parts();
@@ -336,7 +352,7 @@ impl Loading {
             &self.dir,
             &self.spec.name,
             key,
-            &body,
+            &changes,
         )
         .await;
         match applied {
