@@ -212,6 +212,22 @@ impl Loading {
         })
     }
 
+    /// A staged object, decompressed as it is read, and bounded (an object
+    /// in a bucket may come from anywhere): past MAX_OBJECT_BYTES the
+    /// reader ends, one byte over, for the caller to refuse.
+    async fn open_staged(
+        &self,
+        key: &str,
+    ) -> std::io::Result<std::io::BufReader<std::io::Take<Box<dyn std::io::Read + '_>>>> {
+        use std::io::Read;
+        let file = self.stores.open(&self.spec.bucket, key).await?;
+        let decoded = encode::decoder(std::io::BufReader::new(file), self.spec.compression)?;
+        Ok(std::io::BufReader::with_capacity(
+            256 << 10,
+            decoded.take(MAX_OBJECT_BYTES as u64 + 1),
+        ))
+    }
+
     /// Each record of a staged object, in order, read a piece (a line, or a
     /// record back to back; see `Pieces`) at a time as it is decompressed;
     /// `each` failing stops the reading.
@@ -221,17 +237,12 @@ impl Loading {
         columns: &[Column],
         mut each: impl FnMut(row::Record<'_>) -> std::io::Result<()>,
     ) -> Result<(), Failure> {
-        use std::io::{BufRead, Read};
+        use std::io::BufRead;
         let (w, bucket) = (self.warehouse(), &self.spec.bucket);
         let failed = |e: std::io::Error| {
             Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
         };
-        let file = self.stores.open(bucket, key).await.map_err(failed)?;
-        let decoded = encode::decoder(std::io::BufReader::new(file), self.spec.compression)
-            .map_err(failed)?;
-        // An object in a bucket may come from anywhere: bounded.
-        let mut reader =
-            std::io::BufReader::with_capacity(256 << 10, decoded.take(MAX_OBJECT_BYTES as u64 + 1));
+        let mut reader = self.open_staged(key).await.map_err(failed)?;
         let mut pieces = row::Pieces::new(&w.copy, self.spec.append_delimiter);
         let (mut line, mut read) = (Vec::new(), 0usize);
         loop {
@@ -317,20 +328,13 @@ impl Loading {
     /// A staged object of change records, read as it is decompressed and
     /// reduced (see `mirror`).
     async fn changes(&self, key: &str) -> Result<super::mirror::Changes, Failure> {
-        use std::io::Read;
         let bucket = &self.spec.bucket;
         let failed =
             |e: String| Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"));
-        let file = self
-            .stores
-            .open(bucket, key)
+        let mut body = self
+            .open_staged(key)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let decoded = encode::decoder(std::io::BufReader::new(file), self.spec.compression)
-            .map_err(|e| failed(e.to_string()))?;
-        // An object in a bucket may come from anywhere: bounded.
-        let mut body =
-            std::io::BufReader::with_capacity(256 << 10, decoded.take(MAX_OBJECT_BYTES as u64 + 1));
         let changes = super::mirror::Changes::read(&mut body);
         if body.get_ref().limit() == 0 {
             return Err(failed(format!(
