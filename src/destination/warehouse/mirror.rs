@@ -138,13 +138,19 @@ pub struct Changes {
 impl Changes {
     /// Reads an object's change records as they are decompressed: memory
     /// holds a record and the reduced rows, not the object.
-    pub fn read(body: impl std::io::Read) -> Result<Changes, String> {
+    pub fn read(mut body: impl std::io::BufRead) -> Result<Changes, String> {
         let mut changes = Changes::default();
-        for record in serde_json::Deserializer::from_reader(body).into_iter::<Json>() {
-            let record = record.map_err(|e| match e.io_error_kind() {
-                Some(_) => format!("reading it: {e}"),
-                None => format!("not a change record: {e}"),
-            })?;
+        let (mut pieces, mut piece) = (super::row::Pieces::json(), Vec::new());
+        while pieces
+            .read(&mut body, &mut piece)
+            .map_err(|e| format!("reading it: {e}"))?
+        {
+            let text = piece.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            let record: Json =
+                serde_json::from_slice(text).map_err(|e| format!("not a change record: {e}"))?;
             changes.add(&record)?;
         }
         Ok(changes)
@@ -456,7 +462,7 @@ mod tests {
             rec("r", "b", 9, Json::Null, serde_json::json!({"id": 9})),
         ]
         .join("\n");
-        let c = Changes::read(Trickle(body.as_bytes())).unwrap();
+        let c = Changes::read(std::io::BufReader::new(Trickle(body.as_bytes()))).unwrap();
         assert_eq!(c.count, 6);
         let a = &c.tables["shop.a"];
         assert!(a.truncate);

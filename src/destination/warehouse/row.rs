@@ -119,6 +119,41 @@ impl Pieces {
         }
     }
 
+    /// Pieces of JSON records, a line each or back to back, with no header:
+    /// how hydrant stages change records.
+    pub fn json() -> Pieces {
+        Pieces {
+            objects: true,
+            header_lines: 0,
+            depth: 0,
+            string: false,
+            escape: false,
+        }
+    }
+
+    /// Reads the next piece of `reader` into `piece` (cleared first);
+    /// false at the end. A piece is as long as its record: the caller
+    /// bounds the reader.
+    pub fn read(
+        &mut self,
+        reader: &mut impl std::io::BufRead,
+        piece: &mut Vec<u8>,
+    ) -> std::io::Result<bool> {
+        piece.clear();
+        loop {
+            let buf = reader.fill_buf()?;
+            let (n, ended) = match self.end(buf) {
+                Some(n) => (n, true),
+                None => (buf.len(), buf.is_empty()),
+            };
+            piece.extend_from_slice(&buf[..n]);
+            reader.consume(n);
+            if ended {
+                return Ok(!piece.is_empty());
+            }
+        }
+    }
+
     /// The length of the start of `buf` that ends the piece being read,
     /// if it ends in `buf`; otherwise the piece goes on in what follows.
     pub fn end(&mut self, buf: &[u8]) -> Option<usize> {

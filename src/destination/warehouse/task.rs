@@ -237,7 +237,6 @@ impl Loading {
         columns: &[Column],
         mut each: impl FnMut(row::Record<'_>) -> std::io::Result<()>,
     ) -> Result<(), Failure> {
-        use std::io::BufRead;
         let (w, bucket) = (self.warehouse(), &self.spec.bucket);
         let failed = |e: std::io::Error| {
             Failure::Retry(format!("reading the staged object {bucket}/{key}: {e}"))
@@ -245,23 +244,7 @@ impl Loading {
         let mut reader = self.open_staged(key).await.map_err(failed)?;
         let mut pieces = row::Pieces::new(&w.copy, self.spec.append_delimiter);
         let (mut line, mut read) = (Vec::new(), 0usize);
-        loop {
-            line.clear();
-            loop {
-                let buf = reader.fill_buf().map_err(failed)?;
-                let (n, ended) = match pieces.end(buf) {
-                    Some(n) => (n, true),
-                    None => (buf.len(), buf.is_empty()),
-                };
-                line.extend_from_slice(&buf[..n]);
-                reader.consume(n);
-                if ended {
-                    break;
-                }
-            }
-            if line.is_empty() {
-                return Ok(());
-            }
+        while pieces.read(&mut reader, &mut line).map_err(failed)? {
             read += line.len();
             if read > MAX_OBJECT_BYTES {
                 return Err(Failure::Retry(format!(
@@ -286,6 +269,7 @@ impl Loading {
             );
             done.map_err(failed)?;
         }
+        Ok(())
     }
 
     /// The records of the rows numbered `rows` (in the order COPY had
