@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::time::{self, format_iso8601};
 use super::window::{Cell, Input};
-use super::{lookup, AggregateConfig, ConfigError, Path, Plan, TimeSource, WindowKind};
+use super::{lookup, AggregateConfig, ConfigError, Fields, Path, Plan, TimeSource, WindowKind};
 
 /// What happened to one ingested record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ struct Row<'a> {
     key: &'a str,
     inputs: &'a [Input],
     /// The record, for the group values of a cell it opens.
-    obj: &'a Map<String, Value>,
+    obj: &'a Fields<'a>,
 }
 
 impl Row<'_> {
@@ -167,13 +167,18 @@ struct SessionGroup {
     closed_until: i64,
 }
 
+/// By group key. Every record looks its groups up, so the hash is ahash's
+/// (randomly keyed per process, as std's SipHash is, but several times
+/// cheaper on short keys): group keys come from records.
+type Groups<V> = HashMap<String, V, ahash::RandomState>;
+
 pub struct Aggregator {
     name: String,
     plan: Plan,
     watermark: Option<i64>,
     /// Tumbling and hopping windows by start, then by group key.
-    fixed: BTreeMap<i64, HashMap<String, Cell>>,
-    sessions: HashMap<String, SessionGroup>,
+    fixed: BTreeMap<i64, Groups<Cell>>,
+    sessions: Groups<SessionGroup>,
     /// (end, group key, start) of every open session, so closing need not scan all groups.
     session_ends: BTreeSet<(i64, String, i64)>,
     /// Retained closed windows by (end, start, group key); ordered by end for pruning.
@@ -230,7 +235,7 @@ impl Aggregator {
             name: cfg.name,
             watermark: None,
             fixed: BTreeMap::new(),
-            sessions: HashMap::new(),
+            sessions: Groups::default(),
             session_ends: BTreeSet::new(),
             closed: BTreeMap::new(),
             pending: Vec::new(),
@@ -419,14 +424,16 @@ impl Aggregator {
 
     /// Feeds one record that arrived at `arrival_ms` (ms since the epoch).
     pub fn ingest(&mut self, record: &[u8], arrival_ms: i64) -> Ingested {
-        let wanted: Vec<&str> = self.fields().collect();
-        let obj = super::project(record, &wanted);
-        self.ingest_object(obj.as_ref(), arrival_ms)
+        let wanted: Vec<String> = self.fields().map(str::to_owned).collect();
+        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let mut fields = Fields::new(&wanted);
+        let object = fields.read(record);
+        self.ingest_object(object.then_some(&fields), arrival_ms)
     }
 
     /// Feeds a record already parsed (`None`: not a JSON object), so several
     /// aggregates over one stream parse each record once.
-    pub fn ingest_object(&mut self, obj: Option<&Map<String, Value>>, arrival_ms: i64) -> Ingested {
+    pub fn ingest_object(&mut self, obj: Option<&Fields>, arrival_ms: i64) -> Ingested {
         let mut scratch = std::mem::take(&mut self.scratch);
         let outcome = self.ingest_into(obj, arrival_ms, &mut scratch);
         self.scratch = scratch;
@@ -435,7 +442,7 @@ impl Aggregator {
 
     fn ingest_into(
         &mut self,
-        obj: Option<&Map<String, Value>>,
+        obj: Option<&Fields>,
         arrival_ms: i64,
         scratch: &mut Scratch,
     ) -> Ingested {
@@ -567,7 +574,7 @@ impl Aggregator {
 
     fn parse<'a>(
         &self,
-        obj: &'a Map<String, Value>,
+        obj: &'a Fields,
         arrival_ms: i64,
         scratch: &'a mut Scratch,
     ) -> Result<Row<'a>, InvalidReason> {

@@ -451,10 +451,11 @@ impl Task {
         wanted.sort();
         wanted.dedup();
         let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let mut fields = super::Fields::new(&wanted);
         for (arrival, s, e) in &c.records {
-            let parsed = super::project(&c.data[*s..*e], &wanted);
+            let object = fields.read(&c.data[*s..*e]);
             for a in aggs.iter_mut() {
-                a.ingest_object(parsed.as_ref(), *arrival);
+                a.ingest_object(object.then_some(&fields), *arrival);
             }
         }
         self.sa.processed.fetch_add(c.records.len() as u64, Relaxed);

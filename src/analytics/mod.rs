@@ -77,7 +77,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use aggregator::{Aggregator, Ingested, InvalidReason, Snapshot, WindowResult};
 pub use time::{format_iso8601, parse_iso8601};
@@ -284,45 +284,66 @@ pub fn validate_all(configs: &[AggregateConfig]) -> Result<(), ConfigError> {
 
 type Path = Vec<String>;
 
-/// A record parsed as a JSON object keeping only the top-level fields in
-/// `wanted` (what the stream's aggregates read): the others are checked as
-/// JSON and skipped without being built. `None` unless the record is one
-/// JSON object. Skipping does not recurse, so serde_json's nesting limit
-/// (128) applies only to the fields that are read.
-pub fn project(record: &[u8], wanted: &[&str]) -> Option<Map<String, Value>> {
-    use crate::json::Key;
-    use serde::de::{DeserializeSeed, IgnoredAny};
+/// A record's top-level fields that the stream's aggregates read (slot `i`
+/// holds `wanted[i]`), parsed once for all of them and into the same slots
+/// from record to record: no key is copied and no map is built.
+pub struct Fields<'w> {
+    wanted: &'w [&'w str],
+    values: Vec<Option<Value>>,
+}
 
-    struct Fields<'w>(&'w [&'w str]);
-    impl<'de> DeserializeSeed<'de> for Fields<'_> {
-        type Value = Map<String, Value>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
+impl<'w> Fields<'w> {
+    pub fn new(wanted: &'w [&'w str]) -> Self {
+        Fields {
+            wanted,
+            values: vec![None; wanted.len()],
         }
     }
-    impl<'de> Visitor<'de> for Fields<'_> {
-        type Value = Map<String, Value>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            let mut out = Map::new();
-            while let Some(Key(key)) = m.next_key()? {
-                if self.0.contains(&&*key) {
-                    // A repeated key: the last one counts, as in a whole parse.
-                    out.insert(key.into_owned(), m.next_value()?);
-                } else {
-                    m.next_value::<IgnoredAny>()?;
-                }
+
+    /// The record's field `name`, if it is wanted and the record has it.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        let i = self.wanted.iter().position(|w| *w == name)?;
+        self.values[i].as_ref()
+    }
+
+    /// Reads `record`'s wanted fields; the others are checked as JSON and
+    /// skipped without being built. False unless the record is one JSON
+    /// object. Skipping does not recurse, so serde_json's nesting limit
+    /// (128) applies only to the fields that are read.
+    pub fn read(&mut self, record: &[u8]) -> bool {
+        use crate::json::Key;
+        use serde::de::{DeserializeSeed, IgnoredAny};
+
+        struct Seed<'f, 'w>(&'f mut Fields<'w>);
+        impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_map(self)
             }
-            Ok(out)
         }
-    }
+        impl<'de> Visitor<'de> for Seed<'_, '_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+                while let Some(Key(key)) = m.next_key()? {
+                    match self.0.wanted.iter().position(|w| *w == key) {
+                        // A repeated key: the last one counts, as in a whole parse.
+                        Some(i) => self.0.values[i] = Some(m.next_value()?),
+                        None => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
 
-    let mut de = serde_json::Deserializer::from_slice(record);
-    let obj = Fields(wanted).deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(obj)
+        self.values.iter_mut().for_each(|v| *v = None);
+        let mut de = serde_json::Deserializer::from_slice(record);
+        Seed(self).deserialize(&mut de).is_ok() && de.end().is_ok()
+    }
 }
 
 /// `a`, `.a` and `.a.b`; jq's brackets, quotes and pipes are not supported.
@@ -338,7 +359,7 @@ fn parse_path(p: &str) -> Option<Path> {
     (!segments.iter().any(bad)).then_some(segments)
 }
 
-fn lookup<'a>(obj: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+fn lookup<'a>(obj: &'a Fields, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     rest.iter()
         .try_fold(obj.get(first)?, |v, seg| v.as_object()?.get(seg))

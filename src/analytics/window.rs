@@ -1,9 +1,9 @@
 //! Per-window, per-group measure state.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::hll::{Hash64, HyperLogLog};
-use super::{lookup, number, InvalidReason, Measure, MeasureOp};
+use super::{lookup, number, Fields, InvalidReason, Measure, MeasureOp};
 
 /// What one record contributes to one measure.
 pub(super) enum Input {
@@ -16,7 +16,7 @@ pub(super) enum Input {
 }
 
 impl Measure {
-    pub(super) fn input(&self, obj: &Map<String, Value>) -> Result<Input, InvalidReason> {
+    pub(super) fn input(&self, obj: &Fields) -> Result<Input, InvalidReason> {
         let Some(path) = &self.path else {
             return Ok(Input::Present);
         };
