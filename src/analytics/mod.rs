@@ -340,7 +340,7 @@ impl<'w> Fields<'w> {
             }
         }
 
-        self.values.iter_mut().for_each(|v| *v = None);
+        self.values.fill(None);
         let mut de = serde_json::Deserializer::from_slice(record);
         Seed(self).deserialize(&mut de).is_ok() && de.end().is_ok()
     }

@@ -110,21 +110,20 @@ pub struct Pieces {
 
 impl Pieces {
     pub fn new(opts: &CopyOptions, line_per_record: bool) -> Pieces {
-        Pieces {
-            objects: matches!(opts.format, RecordFormat::Json { .. }) && !line_per_record,
-            header_lines: opts.ignore_header,
-            depth: 0,
-            string: false,
-            escape: false,
-        }
+        let objects = matches!(opts.format, RecordFormat::Json { .. }) && !line_per_record;
+        Pieces::with(objects, opts.ignore_header)
     }
 
     /// Pieces of JSON records, a line each or back to back, with no header:
     /// how hydrant stages change records.
     pub fn json() -> Pieces {
+        Pieces::with(true, 0)
+    }
+
+    fn with(objects: bool, header_lines: u64) -> Pieces {
         Pieces {
-            objects: true,
-            header_lines: 0,
+            objects,
+            header_lines,
             depth: 0,
             string: false,
             escape: false,
