@@ -74,6 +74,9 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::{json, Value};
 
+mod shape;
+use shape::distinct_shapes;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonCompression {
     Uncompressed,
@@ -1037,131 +1040,6 @@ async fn file_schema(
     tokio::task::spawn_blocking(learn)
         .await
         .map_err(|e| DataFusionError::Execution(e.to_string()))?
-}
-
-/// The records of a JSON text whose shape (keys, in order, and each
-/// value's kind as arrow's inference tells them apart) no record before had;
-/// then the first error, if any. Inferring a schema from these is inferring
-/// it from all the records: arrow's inference depends only on shapes, a
-/// field's position only on the first record that has it. Every record is
-/// still parsed, strictly; only a Value is not built for each.
-fn distinct_shapes(text: &[u8]) -> Vec<serde_json::Result<Value>> {
-    let mut seen: std::collections::HashSet<Shape> = std::collections::HashSet::new();
-    let mut last: Option<Shape> = None;
-    let mut out = Vec::new();
-    let mut records = serde_json::Deserializer::from_slice(text).into_iter::<Shape>();
-    let mut start = 0;
-    while let Some(shape) = records.next() {
-        let end = records.byte_offset();
-        match shape {
-            // Records mostly come in runs of one shape.
-            Ok(shape) if last.as_ref() == Some(&shape) => {}
-            Ok(shape) => {
-                if !seen.contains(&shape) {
-                    out.push(serde_json::from_slice(&text[start..end]));
-                    seen.insert(Shape(shape.0.clone()));
-                }
-                last = Some(shape);
-            }
-            Err(e) => {
-                out.push(Err(e));
-                break;
-            }
-        }
-        start = end;
-    }
-    out
-}
-
-/// A JSON value's shape, written as tags: a key's bytes and a value's kind
-/// (a number is an integer exactly when it fits i64, as serde_json's
-/// `is_i64`, which arrow's inference asks).
-#[derive(PartialEq, Eq, Hash)]
-struct Shape(Vec<u8>);
-
-impl<'de> serde::Deserialize<'de> for Shape {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
-        let mut tags = Vec::new();
-        serde::de::DeserializeSeed::deserialize(Walk(&mut tags), d)?;
-        Ok(Shape(tags))
-    }
-}
-
-struct Walk<'a>(&'a mut Vec<u8>);
-
-/// An object key, written length first so that no two key runs read alike.
-struct KeyTag<'a>(&'a mut Vec<u8>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Walk<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.0.push(b'0');
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        self.0.push(b'b');
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        self.0.push(b'i');
-        Ok(())
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<(), E> {
-        self.0
-            .push(if i64::try_from(n).is_ok() { b'i' } else { b'f' });
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        self.0.push(b'f');
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        self.0.push(b's');
-        Ok(())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.0.push(b'[');
-        while seq.next_element_seed(Walk(self.0))?.is_some() {}
-        self.0.push(b']');
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.0.push(b'{');
-        while map.next_key_seed(KeyTag(self.0))?.is_some() {
-            map.next_value_seed(Walk(self.0))?;
-        }
-        self.0.push(b'}');
-        Ok(())
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyTag<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for KeyTag<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_str<E>(self, k: &str) -> Result<(), E> {
-        self.0.extend_from_slice(&(k.len() as u64).to_le_bytes());
-        self.0.extend_from_slice(k.as_bytes());
-        Ok(())
-    }
 }
 
 fn merge_field(fields: &mut Vec<Field>, new: &Field) -> Result<(), String> {
