@@ -117,8 +117,8 @@ fn space(t: &[u8], mut at: usize) -> usize {
 /// ends returned.
 fn value(t: &[u8], at: usize, depth: usize, tags: &mut Tags) -> Option<usize> {
     match *t.get(at)? {
-        b'{' => object(t, at + 1, depth + 1, tags),
-        b'[' => array(t, at + 1, depth + 1, tags),
+        b'{' => container(t, at + 1, depth + 1, b'}', tags),
+        b'[' => container(t, at + 1, depth + 1, b']', tags),
         b'"' => {
             tags.push(b's');
             string(t, at + 1).map(|(end, _)| end)
@@ -131,38 +131,27 @@ fn value(t: &[u8], at: usize, depth: usize, tags: &mut Tags) -> Option<usize> {
     }
 }
 
-fn object(t: &[u8], at: usize, depth: usize, tags: &mut Tags) -> Option<usize> {
+/// An object or an array, from `at` (after its opening bracket) to its
+/// `close`.
+fn container(t: &[u8], at: usize, depth: usize, close: u8, tags: &mut Tags) -> Option<usize> {
     if depth > MAX_DEPTH {
         return None;
     }
-    tags.push(b'{');
+    tags.push(t[at - 1]);
     let mut at = space(t, at);
-    if *t.get(at)? == b'}' {
-        tags.push(b'}');
+    if *t.get(at)? == close {
+        tags.push(close);
         return Some(at + 1);
     }
     loop {
-        if *t.get(at)? != b'"' {
-            return None;
+        if close == b'}' {
+            at = key(t, at, tags)?;
         }
-        // A key is tagged by its text, so an escaped one is serde_json's.
-        let (end, escaped) = string(t, at + 1)?;
-        if escaped {
-            return None;
-        }
-        let key = &t[at + 1..end - 1];
-        tags.extend_from_slice(&(key.len() as u64).to_le_bytes());
-        tags.extend_from_slice(key);
-        at = space(t, end);
-        if *t.get(at)? != b':' {
-            return None;
-        }
-        at = value(t, space(t, at + 1), depth, tags)?;
-        at = space(t, at);
+        at = space(t, value(t, at, depth, tags)?);
         match *t.get(at)? {
             b',' => at = space(t, at + 1),
-            b'}' => {
-                tags.push(b'}');
+            c if c == close => {
+                tags.push(close);
                 return Some(at + 1);
             }
             _ => return None,
@@ -170,27 +159,25 @@ fn object(t: &[u8], at: usize, depth: usize, tags: &mut Tags) -> Option<usize> {
     }
 }
 
-fn array(t: &[u8], at: usize, depth: usize, tags: &mut Tags) -> Option<usize> {
-    if depth > MAX_DEPTH {
+/// An object's key and its colon: the key's tags written, where its value
+/// starts returned. A key is tagged by its text, so an escaped one is
+/// serde_json's.
+fn key(t: &[u8], at: usize, tags: &mut Tags) -> Option<usize> {
+    if *t.get(at)? != b'"' {
         return None;
     }
-    tags.push(b'[');
-    let mut at = space(t, at);
-    if *t.get(at)? == b']' {
-        tags.push(b']');
-        return Some(at + 1);
+    let (end, escaped) = string(t, at + 1)?;
+    if escaped {
+        return None;
     }
-    loop {
-        at = space(t, value(t, at, depth, tags)?);
-        match *t.get(at)? {
-            b',' => at = space(t, at + 1),
-            b']' => {
-                tags.push(b']');
-                return Some(at + 1);
-            }
-            _ => return None,
-        }
+    let key = &t[at + 1..end - 1];
+    tags.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    tags.extend_from_slice(key);
+    let at = space(t, end);
+    if *t.get(at)? != b':' {
+        return None;
     }
+    Some(space(t, at + 1))
 }
 
 /// A string's body from `at` (after its opening quote): where it ends
