@@ -23,10 +23,12 @@ pub fn distinct_shapes(text: &[u8]) -> Vec<serde_json::Result<Value>> {
 }
 
 /// One record's shape, written as tags: `{` `}` `[` `]` around containers,
-/// an object key as its length (8 bytes) then its bytes, so no two runs of
-/// keys read alike, and a value's kind: `0` null, `b` bool, `s` string, `i`
-/// a number that is an integer in i64 (as serde_json's `is_i64`, which
-/// arrow's inference asks), `f` any other number.
+/// each object key written so that no two runs of keys read alike, and a
+/// value's kind: `0` null, `b` bool, `s` string, `i` a number that is an
+/// integer in i64 (as serde_json's `is_i64`, which arrow's inference asks),
+/// `f` any other number. The scanner writes a key as it stands, quotes
+/// and all (it reads only keys without escapes, so none holds a quote);
+/// serde_json's walk writes its length in 8 bytes, then its text.
 type Tags = Vec<u8>;
 
 /// Containers deeper than this are left to serde_json, whose own limit
@@ -170,9 +172,9 @@ fn key(t: &[u8], at: usize, tags: &mut Tags) -> Option<usize> {
     if escaped {
         return None;
     }
-    let key = &t[at + 1..end - 1];
-    tags.extend_from_slice(&(key.len() as u64).to_le_bytes());
-    tags.extend_from_slice(key);
+    // With its quotes: no unescaped key holds a quote, so where one key
+    // ends and the next tag starts is plain.
+    tags.extend_from_slice(&t[at..end]);
     let at = space(t, end);
     if *t.get(at)? != b':' {
         return None;
@@ -185,7 +187,12 @@ fn key(t: &[u8], at: usize, tags: &mut Tags) -> Option<usize> {
 fn string(t: &[u8], start: usize) -> Option<(usize, bool)> {
     let (mut at, mut escaped, mut wide) = (start, false, false);
     loop {
-        match *t.get(at)? {
+        let b = *t.get(at)?;
+        if PLAIN[usize::from(b)] {
+            at += 1;
+            continue;
+        }
+        match b {
             b'"' => break,
             b'\\' => {
                 escaped = true;
@@ -208,12 +215,12 @@ fn string(t: &[u8], start: usize) -> Option<(usize, bool)> {
                     _ => return None,
                 }
             }
-            0..=0x1f => return None,
             0x80.. => {
                 wide = true;
                 at += 1;
             }
-            _ => at += 1,
+            // A control character.
+            _ => return None,
         }
     }
     if wide && std::str::from_utf8(&t[start..at]).is_err() {
@@ -221,6 +228,18 @@ fn string(t: &[u8], start: usize) -> Option<(usize, bool)> {
     }
     Some((at + 1, escaped))
 }
+
+/// The ASCII a string holds as it is: all but controls, the quote and the
+/// backslash.
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0x20;
+    while b < 0x80 {
+        plain[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    plain
+};
 
 fn hex4(t: &[u8], at: usize) -> Option<u32> {
     let digits = std::str::from_utf8(t.get(at..at + 4)?).ok()?;
@@ -244,15 +263,14 @@ fn literal(t: &[u8], at: usize, word: &[u8], tag: u8, tags: &mut Tags) -> Option
 fn number(t: &[u8], start: usize, tags: &mut Tags) -> Option<usize> {
     let negative = t[start] == b'-';
     let digits = start + usize::from(negative);
-    let mut at = digits;
-    match *t.get(at)? {
+    let (mut at, magnitude) = match *t.get(digits)? {
         // A digit after a leading zero ends the number; what follows it is
         // then refused where the number is expected to end.
-        b'0' => at += 1,
-        b'1'..=b'9' => at = run(t, at),
+        b'0' => (digits + 1, 0),
+        b'1'..=b'9' => whole(t, digits),
         _ => return None,
-    }
-    let whole = &t[digits..at];
+    };
+    let length = at - digits;
     let mut float = false;
     if t.get(at) == Some(&b'.') {
         let end = run(t, at + 1);
@@ -277,21 +295,32 @@ fn number(t: &[u8], start: usize, tags: &mut Tags) -> Option<usize> {
             return None;
         }
         b'f'
-    } else if whole.len() > 300 {
+    } else if length > 300 {
         return None;
     } else {
-        let magnitude = whole.iter().try_fold(0u64, |m, d| {
-            m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        });
+        // 19 digits always fit u64, and 20 without a leading zero are past
+        // i64 either way.
         let limit = if negative { 1 << 63 } else { i64::MAX as u64 };
         match magnitude {
-            Some(0) if negative => b'f',
-            Some(m) if m <= limit => b'i',
+            _ if length > 19 => b'f',
+            0 if negative => b'f',
+            m if m <= limit => b'i',
             _ => b'f',
         }
     };
     tags.push(tag);
     Some(at)
+}
+
+/// A run of digits from `at`: where it ends, and its value (wrapped past
+/// u64, which only a run of more than 19 digits reaches).
+fn whole(t: &[u8], mut at: usize) -> (usize, u64) {
+    let mut value = 0u64;
+    while let Some(d) = t.get(at).filter(|d| d.is_ascii_digit()) {
+        value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        at += 1;
+    }
+    (at, value)
 }
 
 /// Where a run of digits from `at` ends.
@@ -423,6 +452,8 @@ mod tests {
             "{\"n\":9223372036854775807}\n{\"n\":9223372036854775808}\n",
             "{\"n\":-9223372036854775808}\n{\"n\":-9223372036854775809}\n",
             "{\"n\":18446744073709551616123}\n",
+            "{\"n\":1}\n{\"n\":18446744073709551615}\n{\"n\":1}\n{\"n\":-10000000000000000000}\n",
+            "{\"n\":1}\n{\"n\":999999999999999999}\n{\"n\":1000000000000000000}\n{\"n\":0}\n",
             " {\"o\" : { \"x\" : 1 , \"y\" : [ 1 , 2 ] } }\r\n\t{\"o\":{\"y\":[],\"z\":null}}",
             "{\"s\":\"caf\u{e9} \\\"q\\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00\"}\n",
             "{\"\u{1F600}\":true,\"\":false}\n",
