@@ -669,11 +669,13 @@ impl LakeSchema {
                 compression: JsonCompression::Snappy
             }
         );
-        let store: Arc<dyn ObjectStore> = Arc::new(VisibleFiles {
+        let visible = Arc::new(VisibleFiles {
             store,
             snappy,
             local,
+            kept: Mutex::default(),
         });
+        let store: Arc<dyn ObjectStore> = visible.clone();
         let url = ObjectStoreUrl::parse(format!("hydrant-lake://t{index}"))?;
         self.runtime
             .register_object_store(url.as_ref(), store.clone());
@@ -686,7 +688,7 @@ impl LakeSchema {
         };
         let file_schema = match &def.schema {
             Some(s) => s.clone(),
-            None => infer_schema(&def, store.clone(), &files, &self.known).await?,
+            None => infer_schema(&def, &visible, &files, &self.known).await?,
         };
         // The scan takes the files from this listing (the table's key in
         // the list-files cache is its name in this lake).
@@ -850,7 +852,7 @@ impl Known {
 /// documentation).
 async fn infer_schema(
     def: &TableDef,
-    store: Arc<dyn ObjectStore>,
+    store: &Arc<VisibleFiles>,
     files: &[object_store::ObjectMeta],
     known: &Known,
 ) -> Result<SchemaRef, DataFusionError> {
@@ -954,7 +956,7 @@ async fn infer_schema(
 /// the end; a JSON-lines file's from every record.
 async fn file_schema(
     format: TableFormat,
-    store: Arc<dyn ObjectStore>,
+    store: Arc<VisibleFiles>,
     meta: &object_store::ObjectMeta,
     known: &Known,
 ) -> Result<Schema, DataFusionError> {
@@ -999,14 +1001,11 @@ async fn file_schema(
             return Ok(arrow.schema().as_ref().clone());
         }
     };
-    let bytes = store
-        .get(&meta.location)
-        .await
-        .map_err(object)?
-        .bytes()
-        .await
-        .map_err(object)?;
+    let got = store.get(&meta.location).await.map_err(object)?;
+    let read = got.meta.clone();
+    let bytes = got.bytes().await.map_err(object)?;
     fetched(bytes.len());
+    store.keep(read, bytes.clone());
     let small = bytes.len() as u64 <= INLINE_BYTES;
     let learn = move || -> Result<Schema, DataFusionError> {
         // Every record of the file: a field first seen late still counts.
@@ -1087,8 +1086,12 @@ fn merge_type(a: &DataType, b: &DataType) -> Option<DataType> {
 /// thread and back costs more than the work.
 const INLINE_BYTES: u64 = 256 << 10;
 
-/// The local file system below one table's directory, without the files and
-/// directories whose names start with '.' or '_'. Read-only.
+/// The most of the files read to learn their schemas that one query keeps
+/// for its scan.
+const KEPT_BYTES: usize = 32 << 20;
+
+/// One table's store as a query sees it: the files and directories whose
+/// names start with '.' or '_' hidden, read-only. Made for one query.
 #[derive(Debug)]
 struct VisibleFiles {
     store: Arc<dyn ObjectStore>,
@@ -1096,9 +1099,36 @@ struct VisibleFiles {
     snappy: bool,
     /// The store when it is the local file system.
     local: Option<Arc<LocalFileSystem>>,
+    /// Whole files the query has read to learn their schemas, up to
+    /// [`KEPT_BYTES`], each handed to the scan once instead of being read
+    /// again; the rest go when the query does.
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    files: HashMap<Path, (object_store::ObjectMeta, bytes::Bytes)>,
+    bytes: usize,
 }
 
 impl VisibleFiles {
+    /// Keeps a whole file just read, for the scan, if there is room.
+    fn keep(&self, meta: object_store::ObjectMeta, bytes: bytes::Bytes) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.bytes + bytes.len() <= KEPT_BYTES {
+            kept.bytes += bytes.len();
+            kept.files.insert(meta.location.clone(), (meta, bytes));
+        }
+    }
+
+    /// A kept file, handed out (and no longer kept).
+    fn take(&self, location: &Path) -> Option<object_store::GetResult> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let (meta, bytes) = kept.files.remove(location)?;
+        kept.bytes -= bytes.len();
+        Some(whole_file(meta, bytes))
+    }
+
     /// A whole local file, opened on the calling thread: an open is
     /// microseconds, while handing it to a blocking thread and back (what
     /// the local store does) costs more than that for every small object.
@@ -1137,7 +1167,7 @@ impl VisibleFiles {
             )),
             version: None,
         };
-        let payload = if meta.size <= INLINE_BYTES {
+        if meta.size <= INLINE_BYTES {
             // Small: read here too, not on a blocking thread.
             use std::io::Read;
             let mut bytes = Vec::with_capacity(meta.size as usize);
@@ -1145,17 +1175,27 @@ impl VisibleFiles {
                 .take(INLINE_BYTES)
                 .read_to_end(&mut bytes)
                 .map_err(failed)?;
-            let chunk: object_store::Result<bytes::Bytes> = Ok(bytes.into());
-            object_store::GetResultPayload::Stream(Box::pin(futures::stream::once(async { chunk })))
-        } else {
-            object_store::GetResultPayload::File(file, path.clone())
-        };
+            return Ok(whole_file(meta, bytes.into()));
+        }
         Ok(object_store::GetResult {
             range: 0..meta.size,
             meta,
             attributes: Default::default(),
-            payload,
+            payload: object_store::GetResultPayload::File(file, path.clone()),
         })
+    }
+}
+
+/// A whole file's bytes as a store's answer.
+fn whole_file(meta: object_store::ObjectMeta, bytes: bytes::Bytes) -> object_store::GetResult {
+    let chunk: object_store::Result<bytes::Bytes> = Ok(bytes);
+    object_store::GetResult {
+        range: 0..meta.size,
+        meta,
+        attributes: Default::default(),
+        payload: object_store::GetResultPayload::Stream(Box::pin(futures::stream::once(async {
+            chunk
+        }))),
     }
 }
 
@@ -1223,6 +1263,11 @@ impl ObjectStore for VisibleFiles {
             && o.if_none_match.is_none()
             && o.if_modified_since.is_none()
             && o.if_unmodified_since.is_none();
+        if whole {
+            if let Some(r) = self.take(location) {
+                return Box::pin(async move { Ok(r) });
+            }
+        }
         if let (Some(local), true, false) = (&self.local, whole, self.snappy) {
             let r = VisibleFiles::open_whole(local, location);
             return Box::pin(async move { r });

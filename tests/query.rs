@@ -924,3 +924,142 @@ async fn column_order_follows_the_listing_across_queries() {
         [json!(["a"]), json!(["b"])]
     );
 }
+
+/// A remote store that counts whole-object reads.
+#[derive(Debug, Default)]
+struct CountedStore {
+    inner: object_store::memory::InMemory,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Display for CountedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CountedStore")
+    }
+}
+
+type Fut<'c, T> = futures::future::BoxFuture<'c, object_store::Result<T>>;
+
+impl object_store::ObjectStore for CountedStore {
+    fn put_opts<'a, 'b, 'c>(
+        &'a self,
+        location: &'b object_store::path::Path,
+        payload: object_store::PutPayload,
+        options: object_store::PutOptions,
+    ) -> Fut<'c, object_store::PutResult>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.put_opts(location, payload, options)
+    }
+
+    fn put_multipart_opts<'a, 'b, 'c>(
+        &'a self,
+        location: &'b object_store::path::Path,
+        options: object_store::PutMultipartOptions,
+    ) -> Fut<'c, Box<dyn object_store::MultipartUpload>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.put_multipart_opts(location, options)
+    }
+
+    fn get_opts<'a, 'b, 'c>(
+        &'a self,
+        location: &'b object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> Fut<'c, object_store::GetResult>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        if options.range.is_none() && !options.head {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.get_opts(location, options)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_delimiter<'a, 'b, 'c>(
+        &'a self,
+        prefix: Option<&'b object_store::path::Path>,
+    ) -> Fut<'c, object_store::ListResult>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.list_with_delimiter(prefix)
+    }
+
+    fn copy_opts<'a, 'b, 'c, 'd>(
+        &'a self,
+        from: &'b object_store::path::Path,
+        to: &'c object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> Fut<'d, ()>
+    where
+        'a: 'd,
+        'b: 'd,
+        'c: 'd,
+        Self: 'd,
+    {
+        self.inner.copy_opts(from, to, options)
+    }
+}
+
+/// An object read to learn its schema is handed to the query's scan, not
+/// fetched again (for a bucket, one GET per object instead of two), up to
+/// the 32 MiB a query keeps; past that, objects are fetched again.
+#[tokio::test]
+async fn a_first_query_fetches_each_object_once_up_to_what_it_keeps() {
+    use object_store::ObjectStoreExt;
+    let store = Arc::new(CountedStore::default());
+    // Twelve objects of 3 MiB: ten fit in 32 MiB, two do not.
+    let pad = "x".repeat(3 << 20);
+    for n in 0..12 {
+        let key = format!("2024/05/01/10/s-1-2024-05-01-10-00-00-{n}");
+        let text = format!("{{\"a\":{n},\"pad\":\"{pad}\"}}\n");
+        store
+            .put(
+                &object_store::path::Path::from(key),
+                text.into_bytes().into(),
+            )
+            .await
+            .unwrap();
+    }
+    let table = || TableDef {
+        remote: Some(store.clone()),
+        ..json_table("s", Path::new("s"))
+    };
+    let gets = || store.gets.load(std::sync::atomic::Ordering::Relaxed);
+    let known = Arc::new(Known::default());
+    let sql = "SELECT sum(a), min(length(pad)) FROM s";
+    assert_eq!(fresh(table(), &known, sql).await, [json!([66, 3 << 20])]);
+    assert_eq!(known.reads().0, 12);
+    assert_eq!(gets(), 12 + 2, "ten objects fetched once, two twice");
+    // Schemas known: the scan alone fetches.
+    assert_eq!(fresh(table(), &known, sql).await, [json!([66, 3 << 20])]);
+    assert_eq!(gets(), 14 + 12);
+}
