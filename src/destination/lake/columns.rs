@@ -142,15 +142,23 @@ fn slots<'a>(
 fn slots_of<'a>(
     entries: &[(Key<'a>, &'a RawValue)],
     names: &[(String, HiveType)],
-) -> Vec<Option<&'a RawValue>> {
-    let mut out = vec![None; names.len()];
+    out: &mut Vec<Option<&'a RawValue>>,
+) {
+    out.clear();
+    out.resize(names.len(), None);
     let mut hint = 0;
     for (k, v) in entries {
         if let Some(i) = find(names, &k.0, &mut hint) {
             out[i] = Some(*v);
         }
     }
-    out
+}
+
+/// A record's slots emptied, their room kept for the next record's (whose
+/// values borrow another record's text).
+fn recycled<'b>(slots: Vec<Option<&RawValue>>) -> Vec<Option<&'b RawValue>> {
+    // Collected in place: the same allocation, no element kept.
+    slots.into_iter().filter_map(|_| None).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -817,6 +825,8 @@ pub struct Columns {
     schema: TableSchema,
     columns: Vec<Column>,
     rows: usize,
+    /// Room for one record's values, reused from record to record.
+    slots: Vec<Option<&'static RawValue>>,
     /// The inferred schema's generation the columns follow.
     pub(super) generation: u64,
 }
@@ -827,6 +837,7 @@ impl Columns {
             columns: schema.hive().iter().map(|(_, t)| Column::new(t)).collect(),
             schema: schema.clone(),
             rows: 0,
+            slots: Vec::new(),
             generation: 0,
         }
     }
@@ -847,9 +858,14 @@ impl Columns {
     /// Appends one record, or says why it does not convert and leaves the
     /// columns as they were.
     pub fn append(&mut self, record: &[u8]) -> Result<(), String> {
-        let mut values = Vec::new();
-        slots(utf8(record)?, self.schema.hive(), &mut values).map_err(record_error)?;
-        self.append_values(values)
+        let text = utf8(record)?;
+        let mut values = recycled(std::mem::take(&mut self.slots));
+        let appended = match slots(text, self.schema.hive(), &mut values) {
+            Ok(()) => self.append_values(&values),
+            Err(e) => Err(record_error(e)),
+        };
+        self.slots = recycled(values);
+        appended
     }
 
     /// Appends a record parsed already (by schema inference).
@@ -857,13 +873,16 @@ impl Columns {
         &mut self,
         entries: &[(Key<'_>, &RawValue)],
     ) -> Result<(), String> {
-        let values = slots_of(entries, self.schema.hive());
-        self.append_values(values)
+        let mut values = recycled(std::mem::take(&mut self.slots));
+        slots_of(entries, self.schema.hive(), &mut values);
+        let appended = self.append_values(&values);
+        self.slots = recycled(values);
+        appended
     }
 
-    fn append_values(&mut self, values: Vec<Option<&RawValue>>) -> Result<(), String> {
+    fn append_values(&mut self, values: &[Option<&RawValue>]) -> Result<(), String> {
         let hive = self.schema.hive();
-        for (i, (c, v)) in self.columns.iter_mut().zip(values).enumerate() {
+        for (i, (c, &v)) in self.columns.iter_mut().zip(values).enumerate() {
             if let Err(e) = c.push(v, &Path::Column(&hive[i].0)) {
                 for c in &mut self.columns[..=i] {
                     c.truncate(self.rows);
