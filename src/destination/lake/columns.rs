@@ -156,9 +156,10 @@ fn slots_of<'a>(
 
 /// A record's slots emptied, their room kept for the next record's (whose
 /// values borrow another record's text).
-fn recycled<'b>(slots: Vec<Option<&RawValue>>) -> Vec<Option<&'b RawValue>> {
-    // Collected in place: the same allocation, no element kept.
-    slots.into_iter().filter_map(|_| None).collect()
+fn recycled<'b>(mut slots: Vec<Option<&RawValue>>) -> Vec<Option<&'b RawValue>> {
+    slots.clear();
+    // Collected in place: the same allocation.
+    slots.into_iter().map(|_| None).collect()
 }
 
 // ---------------------------------------------------------------------------
