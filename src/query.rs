@@ -66,6 +66,7 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::object_store::{self, local::LocalFileSystem, path::Path, ObjectStore};
@@ -673,7 +674,11 @@ impl LakeSchema {
             store,
             snappy,
             local,
-            kept: Mutex::default(),
+            kept: Mutex::new(Kept {
+                files: HashMap::new(),
+                memory: MemoryConsumer::new("schema reads kept for the scan")
+                    .register(&self.runtime.memory_pool),
+            }),
         });
         let store: Arc<dyn ObjectStore> = visible.clone();
         let url = ObjectStoreUrl::parse(format!("hydrant-lake://t{index}"))?;
@@ -1105,19 +1110,24 @@ struct VisibleFiles {
     kept: Mutex<Kept>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Kept {
     files: HashMap<Path, (object_store::ObjectMeta, bytes::Bytes)>,
-    bytes: usize,
+    /// What they hold, in the queries' memory pool.
+    memory: MemoryReservation,
 }
 
 impl VisibleFiles {
-    /// Keeps a whole file just read, for the scan, if there is room.
+    /// Keeps a whole file just read, for the scan, if there is room (in
+    /// [`KEPT_BYTES`] and in the queries' memory pool).
     fn keep(&self, meta: object_store::ObjectMeta, bytes: bytes::Bytes) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.bytes + bytes.len() <= KEPT_BYTES {
-            kept.bytes += bytes.len();
-            kept.files.insert(meta.location.clone(), (meta, bytes));
+        if kept.memory.size() + bytes.len() <= KEPT_BYTES
+            && kept.memory.try_grow(bytes.len()).is_ok()
+        {
+            if let Some((_, old)) = kept.files.insert(meta.location.clone(), (meta, bytes)) {
+                kept.memory.shrink(old.len());
+            }
         }
     }
 
@@ -1125,7 +1135,7 @@ impl VisibleFiles {
     fn take(&self, location: &Path) -> Option<object_store::GetResult> {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let (meta, bytes) = kept.files.remove(location)?;
-        kept.bytes -= bytes.len();
+        kept.memory.shrink(bytes.len());
         Some(whole_file(meta, bytes))
     }
 

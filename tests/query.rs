@@ -1029,14 +1029,10 @@ impl object_store::ObjectStore for CountedStore {
     }
 }
 
-/// An object read to learn its schema is handed to the query's scan, not
-/// fetched again (for a bucket, one GET per object instead of two), up to
-/// the 32 MiB a query keeps; past that, objects are fetched again.
-#[tokio::test]
-async fn a_first_query_fetches_each_object_once_up_to_what_it_keeps() {
+/// Twelve objects of 3 MiB in a bucket that counts its reads.
+async fn counted_objects() -> Arc<CountedStore> {
     use object_store::ObjectStoreExt;
     let store = Arc::new(CountedStore::default());
-    // Twelve objects of 3 MiB: ten fit in 32 MiB, two do not.
     let pad = "x".repeat(3 << 20);
     for n in 0..12 {
         let key = format!("2024/05/01/10/s-1-2024-05-01-10-00-00-{n}");
@@ -1049,12 +1045,26 @@ async fn a_first_query_fetches_each_object_once_up_to_what_it_keeps() {
             .await
             .unwrap();
     }
-    let table = || TableDef {
+    store
+}
+
+fn counted_table(store: &Arc<CountedStore>) -> TableDef {
+    TableDef {
         remote: Some(store.clone()),
         ..json_table("s", Path::new("s"))
-    };
+    }
+}
+
+/// An object read to learn its schema is handed to the query's scan, not
+/// fetched again (for a bucket, one GET per object instead of two), up to
+/// the 32 MiB a query keeps; past that, objects are fetched again.
+#[tokio::test]
+async fn a_first_query_fetches_each_object_once_up_to_what_it_keeps() {
+    let store = counted_objects().await;
+    let table = || counted_table(&store);
     let gets = || store.gets.load(std::sync::atomic::Ordering::Relaxed);
     let known = Arc::new(Known::default());
+    // Ten of the twelve fit in 32 MiB.
     let sql = "SELECT sum(a), min(length(pad)) FROM s";
     assert_eq!(fresh(table(), &known, sql).await, [json!([66, 3 << 20])]);
     assert_eq!(known.reads().0, 12);
@@ -1062,4 +1072,19 @@ async fn a_first_query_fetches_each_object_once_up_to_what_it_keeps() {
     // Schemas known: the scan alone fetches.
     assert_eq!(fresh(table(), &known, sql).await, [json!([66, 3 << 20])]);
     assert_eq!(gets(), 14 + 12);
+}
+
+/// What a query keeps is held in the queries' memory pool: with 8 MiB for
+/// queries, two of the 3 MiB objects are kept, and the query still runs.
+#[tokio::test]
+async fn what_a_query_keeps_counts_against_its_memory() {
+    let store = counted_objects().await;
+    let l = limits(|c| c.memory_mb = 8);
+    let batches = l
+        .run(vec![counted_table(&store)], "SELECT sum(a) FROM s")
+        .await
+        .unwrap();
+    assert_eq!(to_json(&batches)["rows"], json!([[66]]));
+    let gets = store.gets.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(gets, 12 + 10, "two objects kept, ten fetched again");
 }
